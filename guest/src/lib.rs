@@ -1,0 +1,53 @@
+//! The hello guest: answers every request, whatever its method and path, with
+//! `200`, `content-type: text/plain` and `Hello World\n`, like the Node.js seed.
+//!
+//! Built for `wasm32-unknown-unknown` and turned into a component by
+//! `tools/componentize`, so that it imports only `wasi:http/types` and
+//! `wasi:io` (see the README for why not `wasm32-wasip2`).
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "hello",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+/// The body the seed sends; `content-length` below is derived from it.
+const BODY: &[u8] = b"Hello World\n";
+
+struct Hello;
+
+impl Guest for Hello {
+    fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {
+        let headers = Fields::from_list(&[
+            ("content-type".to_string(), b"text/plain".to_vec()),
+            (
+                "content-length".to_string(),
+                BODY.len().to_string().into_bytes(),
+            ),
+        ])
+        .ok()
+        .expect("static headers are valid");
+        // A new outgoing-response has status 200.
+        let response = OutgoingResponse::new(headers);
+        let body = response.body().expect("body is taken once");
+        ResponseOutparam::set(response_out, Ok(response));
+
+        let stream = body.write().expect("stream is taken once");
+        stream
+            .blocking_write_and_flush(BODY)
+            .ok()
+            .expect("writing the body");
+        // The stream is a child of the body: it must be gone before `finish`.
+        drop(stream);
+        OutgoingBody::finish(body, None)
+            .ok()
+            .expect("finishing the body");
+    }
+}
+
+export!(Hello);

@@ -1,0 +1,211 @@
+//! One request, one instance: builds a fresh `Store`, instantiates the
+//! pre-linked component in it, calls `wasi:http/incoming-handler.handle`, and
+//! turns what the guest does into a hyper response.
+//!
+//! The guest's call is not spawned onto a task of its own. It is polled by the
+//! request future until the guest sets the response head, then by the response
+//! body while the guest streams it; this keeps the hot path free of a spawn,
+//! and a client that goes away drops (and so cancels) the instance with it.
+
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response, StatusCode, header};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::state::RequestState;
+
+/// Serves requests with fresh instances of one pre-linked component.
+pub struct Handler {
+    /// The component, compiled and linked once at startup; per request only
+    /// instantiation is left.
+    pre: ProxyPre<RequestState>,
+}
+
+impl Handler {
+    pub fn new(pre: ProxyPre<RequestState>) -> Self {
+        Self { pre }
+    }
+
+    /// Runs `request` in a new instance. Never fails: whatever the guest does,
+    /// the client gets a response (a 5xx if the guest failed before setting
+    /// one) and the cause is logged.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let mut store = Store::new(self.pre.engine(), RequestState::new());
+        let (head_sender, mut head) = oneshot::channel();
+
+        let mut http = store.data_mut().http();
+        let request = match http.new_incoming_request(Scheme::Http, request) {
+            Ok(request) => request,
+            // In practice: neither an absolute URI nor a `Host` header.
+            Err(err) => return plain(StatusCode::BAD_REQUEST, format!("bad request: {err}\n")),
+        };
+        let response_out = match http.new_response_outparam(head_sender) {
+            Ok(response_out) => response_out,
+            Err(err) => return internal_error(format_args!("creating response-outparam: {err:#}")),
+        };
+        let proxy = match self.pre.instantiate_async(&mut store).await {
+            Ok(proxy) => proxy,
+            Err(err) => return internal_error(format_args!("instantiating: {err:?}")),
+        };
+
+        let mut guest = GuestCall::Running(Box::pin(async move {
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, response_out)
+                .await
+            // `store` is dropped here, with every resource the guest held.
+        }));
+
+        // Until the guest sets the response head, drive its call here. The
+        // sender lives in the store, so `head` also resolves if the store goes.
+        let head = poll_fn(|cx| {
+            guest.poll(cx);
+            Pin::new(&mut head).poll(cx)
+        })
+        .await;
+
+        match head {
+            Ok(Ok(response)) => response.map(|body| ResponseBody::streaming(body, guest)),
+            Ok(Err(code)) => {
+                internal_error(format_args!("the guest responded with an error: {code:?}"))
+            }
+            Err(_) => match guest {
+                GuestCall::Failed(err) => internal_error(format_args!("the guest failed: {err:?}")),
+                GuestCall::Returned => internal_error(format_args!(
+                    "the guest returned without setting a response"
+                )),
+                GuestCall::Running(_) => internal_error(format_args!(
+                    "the guest dropped response-outparam without setting a response"
+                )),
+            },
+        }
+    }
+}
+
+/// The state of one guest's `handle` call.
+enum GuestCall {
+    Running(Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>),
+    Returned,
+    Failed(wasmtime::Error),
+}
+
+impl GuestCall {
+    /// Makes progress on the call if it is still running; the outcome is
+    /// recorded in `self`. The store is dropped before this returns, so every
+    /// channel the guest held is closed by the time a caller looks at them.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Self::Running(call) = self
+            && let Poll::Ready(result) = call.as_mut().poll(cx)
+        {
+            *self = match result {
+                Ok(()) => Self::Returned,
+                Err(err) => Self::Failed(err),
+            };
+        }
+    }
+}
+
+/// A response body as the guest writes it, which also drives the guest's call
+/// to completion.
+pub struct ResponseBody {
+    /// What the guest writes to its outgoing-body stream.
+    inner: HyperOutgoingBody,
+    /// The call that writes `inner`; polled alongside it.
+    guest: GuestCall,
+    /// Set once `inner` has ended, so that `drop` can tell a finished response
+    /// from one whose client went away.
+    ended: bool,
+}
+
+impl ResponseBody {
+    fn streaming(inner: HyperOutgoingBody, guest: GuestCall) -> Self {
+        Self {
+            inner,
+            guest,
+            ended: false,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        // Poll the guest first: if it has just failed, its store (and so the
+        // body's sender) is gone, and `inner` ends as if it were complete.
+        this.guest.poll(cx);
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let GuestCall::Failed(err) = &this.guest {
+                    // An error here makes hyper abort the response (no final
+                    // chunk in HTTP/1, RST_STREAM in HTTP/2) so the client sees
+                    // it was cut off, not a short but complete body.
+                    warn!("the guest failed while writing the response body; cut it off: {err:?}");
+                    return Poll::Ready(Some(Err("the guest failed mid-response".into())));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Into::into))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // The guest finished its body but `handle` has not returned yet: let it
+        // run to the end on its own task, as other wasi-http hosts do. A body
+        // dropped before its end means the client went away, and the guest is
+        // cancelled with it.
+        if self.ended
+            && let GuestCall::Running(call) =
+                std::mem::replace(&mut self.guest, GuestCall::Returned)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(err) = call.await {
+                    warn!("the guest failed after finishing its response: {err:?}");
+                }
+            });
+        }
+    }
+}
+
+/// A response the host writes itself.
+fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
+    let body = Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(ResponseBody::streaming(body, GuestCall::Returned));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// Logs why a request failed and gives the client a 500 that says no more
+/// than that: guest internals stay in the log.
+fn internal_error(cause: std::fmt::Arguments<'_>) -> Response<ResponseBody> {
+    error!("answered 500: {cause}");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+}

@@ -1,0 +1,14 @@
+//! A wasi-http server that runs every request in a fresh instance of one
+//! WebAssembly component.
+//!
+//! The request path, in the order a request meets it: [`server`] accepts the
+//! connection and speaks HTTP; [`handler`] gives each request a new `Store` and
+//! instance and turns what the guest does into a response; [`component`] did
+//! everything that can be done once (engine, compilation, linking) at startup;
+//! [`state`] is what each instance's `Store` holds.
+
+pub mod cli;
+pub mod component;
+pub mod handler;
+pub mod server;
+pub mod state;

@@ -1,0 +1,68 @@
+//! `wasi-http-server COMPONENT [--addr ADDR]`: glue between the command line,
+//! logging, the runtime and the server. Errors end the process with one line
+//! and a non-zero exit code.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+use wasi_http_server::cli::Cli;
+use wasi_http_server::handler::Handler;
+use wasi_http_server::{component, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // Compile and link before listening: a bad component never gets a port.
+    let engine = component::engine()?;
+    let pre = component::load(&engine, &cli.component)?;
+    let handler = Arc::new(Handler::new(pre));
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(cli.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", cli.addr))?;
+        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        // The one line on stdout; scripts and tests wait for it.
+        println!("Server running at http://{}/", listener.local_addr()?);
+        server::run(listener, handler, shutdown, cli.shutdown_timeout).await;
+        Ok(())
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed when
+/// this is called, not when it is first polled, so a signal that arrives right
+/// after the "Server running" line is not lost.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("SIGINT received"),
+            _ = terminate.recv() => info!("SIGTERM received"),
+        }
+    })
+}
