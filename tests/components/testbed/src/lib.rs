@@ -1,1 +1,121 @@
+//! A test component whose behaviour is chosen by the request path, so the
+//! end-to-end tests can make a guest misbehave on demand.
+//!
+//! It is a plain std `wasm32-wasip2` build and so imports `wasi:cli` beyond the
+//! proxy world: serving it proves the host links all of WASI 0.2.
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/counter` | increments a global and answers with its value |
+//! | `/trap` | traps before setting a response |
+//! | `/no-response` | returns without setting a response |
+//! | `/trap-after-headers` | sends the head and a first chunk, then traps |
+//! | `/sleep?ms=N` | waits N ms on a host pollable, then answers |
+//! | `/echo` | streams the request body back chunk by chunk |
+//! | anything else | `testbed\n` |
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "wasi:http/proxy@0.2.12",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::{OutputStream, StreamError};
+
+/// Lives in the instance's memory: with a fresh instance per request it is
+/// always 0 when a request starts.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+struct Testbed;
+
+impl Guest for Testbed {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_default();
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((&path_with_query, ""));
+        match path {
+            "/counter" => {
+                let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+                respond(response_out, format!("{n}\n").as_bytes());
+            }
+            "/trap" => panic!("trap requested"),
+            "/no-response" => {}
+            "/trap-after-headers" => {
+                let (_body, stream) = start_response(response_out);
+                write_all(&stream, b"first chunk\n");
+                panic!("trap requested after the headers");
+            }
+            "/sleep" => {
+                let ms: u64 = query_param(query, "ms").unwrap_or(0);
+                // Tests wait for this line to know the request is in flight.
+                eprintln!("sleep: start {ms} ms");
+                wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                respond(response_out, format!("slept {ms} ms\n").as_bytes());
+            }
+            "/echo" => echo(request, response_out),
+            _ => respond(response_out, b"testbed\n"),
+        }
+    }
+}
+
+/// Answers 200 with `body` in one go.
+fn respond(response_out: ResponseOutparam, body: &[u8]) {
+    let (out, stream) = start_response(response_out);
+    write_all(&stream, body);
+    drop(stream);
+    OutgoingBody::finish(out, None).expect("finishing the body");
+}
+
+/// Sets a 200 response with no content-length, so the body can stream.
+fn start_response(response_out: ResponseOutparam) -> (OutgoingBody, OutputStream) {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .expect("static headers are valid");
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(response_out, Ok(response));
+    let stream = body.write().expect("stream is taken once");
+    (body, stream)
+}
+
+/// Writes each chunk of the request body back as soon as it arrives, so a
+/// client can see the two directions stream.
+fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
+    let incoming = request.consume().expect("request body is taken once");
+    let input = incoming.stream().expect("request stream is taken once");
+    let (out, stream) = start_response(response_out);
+    loop {
+        match input.blocking_read(64 * 1024) {
+            Ok(chunk) => write_all(&stream, &chunk),
+            Err(StreamError::Closed) => break,
+            Err(err) => panic!("reading the request body: {err:?}"),
+        }
+    }
+    drop(stream);
+    OutgoingBody::finish(out, None).expect("finishing the body");
+}
+
+/// `blocking-write-and-flush` takes at most 4096 bytes per call.
+fn write_all(stream: &OutputStream, bytes: &[u8]) {
+    for chunk in bytes.chunks(4096) {
+        stream
+            .blocking_write_and_flush(chunk)
+            .expect("writing the response body");
+    }
+}
+
+fn query_param<T: std::str::FromStr>(query: &str, name: &str) -> Option<T> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+export!(Testbed);

@@ -1,0 +1,57 @@
+# The commands people type. `make run` serves hello.wasm on 127.0.0.1:3000;
+# `make test` builds everything and runs every check CI runs.
+
+CARGO ?= cargo
+# One profile for the server, the tests and the tools, so wasmtime compiles once.
+PROFILE := release
+BIN := target/$(PROFILE)/wasi-http-server
+COMPONENTS := target/components
+HELLO := $(COMPONENTS)/hello.wasm
+TESTBED := $(COMPONENTS)/testbed.wasm
+
+.PHONY: all run build components targets test lint wit-deps clean
+
+all: build
+
+run: build
+	$(BIN) $(HELLO)
+
+build: components
+	$(CARGO) build --profile $(PROFILE) -p wasi-http-server
+
+# rustup is a no-op when the targets are already installed.
+targets:
+	rustup target add wasm32-unknown-unknown wasm32-wasip2
+
+# hello: a core module for wasm32-unknown-unknown, wrapped into a component by
+# tools/componentize, so it imports nothing outside wasi:http/proxy (see README).
+# testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself.
+components: targets
+	$(CARGO) build --profile guest -p hello --target wasm32-unknown-unknown
+	$(CARGO) build --profile guest -p testbed --target wasm32-wasip2
+	$(CARGO) build --profile $(PROFILE) -p componentize
+	mkdir -p $(COMPONENTS)
+	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello.wasm $(HELLO)
+	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
+
+test: lint build
+	$(CARGO) test --profile $(PROFILE)
+
+lint: targets
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --profile $(PROFILE) --all-targets -- -D warnings
+	$(CARGO) clippy --profile guest -p hello --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy --profile guest -p testbed --target wasm32-wasip2 -- -D warnings
+
+# Re-vendors wit/deps from the wasmtime-wasi-http crate we build against, so
+# the WIT our guests see is the WIT our host implements. Never edit by hand.
+wit-deps:
+	$(CARGO) fetch
+	src=$$($(CARGO) metadata --format-version 1 | python3 -c 'import json, os, sys; \
+	  pkgs = json.load(sys.stdin)["packages"]; \
+	  print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == "wasmtime-wasi-http"))'); \
+	rm -rf wit/deps && mkdir -p wit/deps && cp "$$src"/wit/deps/*.wit wit/deps/ && \
+	echo "wit/deps vendored from $$src"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,113 @@
+//! The hello component served the way the seed is: exact answers, over
+//! keep-alive HTTP/1.1, HTTP/2 and many connections at once; and bodies that
+//! stream both ways.
+
+use std::time::Duration;
+
+use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, get};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET /` gets exactly the seed's response.
+#[tokio::test]
+async fn get_root_is_hello_world() {
+    let server = Server::start("hello", &[]);
+    assert_hello(&get(server.addr, "/").await);
+}
+
+/// Any method and path get the same response.
+#[tokio::test]
+async fn post_any_path_is_hello_world() {
+    let server = Server::start("hello", &[]);
+    let mut conn = Conn::http1(server.addr).await;
+    assert_hello(&conn.send("POST", "/any/path", "some body").await);
+    assert_hello(&conn.send("PUT", "/x?y=z", "").await);
+}
+
+/// 1,000 requests over 4 keep-alive connections are all answered correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_requests_over_keep_alive() {
+    let server = Server::start("hello", &[]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let mut conn = Conn::http1(addr).await;
+                for _ in 0..250 {
+                    assert_hello(&conn.send("GET", "/", "").await);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client task");
+    }
+}
+
+/// 100 requests on 100 connections in parallel are all answered correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_parallel_connections() {
+    let server = Server::start("hello", &[]);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(async move { get(addr, "/").await })
+        })
+        .collect();
+    for client in clients {
+        assert_hello(&client.await.expect("client task"));
+    }
+}
+
+/// HTTP/2 with prior knowledge, several streams on one connection, gets the
+/// same answer.
+#[tokio::test]
+async fn http2_prior_knowledge() {
+    let server = Server::start("hello", &[]);
+    let mut conn = Conn::http2(server.addr).await;
+    for _ in 0..10 {
+        assert_hello(&conn.send("GET", "/", "").await);
+    }
+}
+
+/// The request body reaches the guest as it arrives and the response goes out
+/// as the guest writes it: the first echoed chunk comes back while the request
+/// is still open, so neither side was buffered whole.
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let server = Server::start("testbed", &[]);
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        .await
+        .unwrap();
+    let seen = read_until(&mut socket, "first").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(!seen.contains("second"));
+
+    socket.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+    let rest = read_until(&mut socket, "0\r\n\r\n").await;
+    assert!(rest.contains("second"), "{rest}");
+}
+
+/// Reads from `socket` until `needle` has been seen; fails after
+/// [`STEP_TIMEOUT`] or at end of stream.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within {STEP_TIMEOUT:?}"))
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::ZERO).await;
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}

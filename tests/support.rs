@@ -1,0 +1,305 @@
+//! Support for the end-to-end tests: start the real server binary on
+//! `127.0.0.1:0` with a real component, and speak HTTP/1.1 or HTTP/2 to it
+//! over connections the test controls.
+//!
+//! Everything is looked up next to the test executable, in the target
+//! directory that `make test` fills: the server binary in the profile folder
+//! and the components in `target/components/`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// Upper bound for any single step of a test (a request, a startup, an
+/// exit): far above what a healthy run takes, so only a hang reaches it.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `target/<profile>/`, where cargo put both this test and the server.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The server binary built by `make test`.
+pub fn server_binary() -> PathBuf {
+    let path = profile_dir().join("wasi-http-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`",
+        path.display()
+    );
+    path
+}
+
+/// A component built by `make components`, by name (`hello`, `testbed`).
+pub fn component(name: &str) -> PathBuf {
+    let target = profile_dir().parent().expect("target dir").to_path_buf();
+    let path = target.join("components").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`",
+        path.display()
+    );
+    path
+}
+
+/// A running server process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on `127.0.0.1:0` with `component` and waits for its
+    /// "Server running at" line.
+    pub fn start(component_name: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(server_binary())
+            .arg(component(component_name))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the server");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("reading the server's stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("Server running at http://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        Server { child, addr, log }
+    }
+
+    /// Everything the server has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after
+    /// [`STEP_TIMEOUT`].
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; panics after [`STEP_TIMEOUT`].
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a server that is expected not to start printed, and how it exited.
+pub struct Failed {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the server with `args` and expects it to exit by itself.
+pub fn run_to_exit(args: &[&str]) -> Failed {
+    let mut child = Command::new(server_binary())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the server");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the server") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server kept running with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Failed {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("UTF-8 body")
+    }
+}
+
+/// One client connection, HTTP/1.1 (keep-alive) or HTTP/2 (prior knowledge):
+/// every request sent through it uses that one TCP connection.
+pub enum Conn {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Conn {
+    pub async fn http1(addr: SocketAddr) -> Conn {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connecting"));
+        let (sender, connection) = http1::handshake(io).await.expect("HTTP/1 handshake");
+        tokio::spawn(connection);
+        Conn::Http1(sender)
+    }
+
+    pub async fn http2(addr: SocketAddr) -> Conn {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connecting"));
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        Conn::Http2(sender)
+    }
+
+    /// Sends a request and reads the whole response; an error means the
+    /// connection failed or the response was cut off.
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Reply, String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "test.local")
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .expect("valid request");
+        let exchange = async {
+            let response = match self {
+                Conn::Http1(sender) => {
+                    sender.ready().await?;
+                    sender.send_request(request).await?
+                }
+                Conn::Http2(sender) => {
+                    sender.ready().await?;
+                    sender.send_request(request).await?
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, exchange).await {
+            Ok(result) => result.map_err(|err| format!("{err:?}")),
+            Err(_) => panic!("{method} {path}: no response within {STEP_TIMEOUT:?}"),
+        }
+    }
+
+    /// Like [`Conn::try_send`], but a failed exchange fails the test.
+    pub async fn send(&mut self, method: &str, path: &str, body: &str) -> Reply {
+        self.try_send(method, path, body)
+            .await
+            .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+    }
+}
+
+/// `GET path` on a new HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Conn::http1(addr).await.send("GET", path, "").await
+}
+
+/// Asserts that `reply` is exactly what the Node.js seed sends.
+pub fn assert_hello(reply: &Reply) {
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/plain");
+    assert_eq!(reply.headers["content-length"], "12");
+    assert_eq!(reply.text(), "Hello World\n");
+}
