@@ -9,7 +9,7 @@ COMPONENTS := target/components
 HELLO := $(COMPONENTS)/hello.wasm
 TESTBED := $(COMPONENTS)/testbed.wasm
 
-.PHONY: all run build components targets test lint wit-deps clean
+.PHONY: all run build components hello targets test lint wit-deps clean
 
 all: build
 
@@ -26,13 +26,16 @@ targets:
 # hello: a core module for wasm32-unknown-unknown, wrapped into a component by
 # tools/componentize, so it imports nothing outside wasi:http/proxy (see README).
 # testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself.
-components: targets
-	$(CARGO) build --profile guest -p hello --target wasm32-unknown-unknown
+components: hello
 	$(CARGO) build --profile guest -p testbed --target wasm32-wasip2
+	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
+
+# Just target/components/hello.wasm (Spin's `build` command).
+hello: targets
+	$(CARGO) build --profile guest -p hello --target wasm32-unknown-unknown
 	$(CARGO) build --profile $(PROFILE) -p componentize
 	mkdir -p $(COMPONENTS)
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello.wasm $(HELLO)
-	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
 
 test: lint build
 	$(CARGO) test --profile $(PROFILE)
