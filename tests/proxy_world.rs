@@ -2,7 +2,7 @@
 //! `wasmtime serve hello.wasm` (which links only that world) accepts it.
 
 use e2e::component;
-use wasi_http_server::state::RequestState;
+use wasi_http_server::state::{RequestState, Sandbox};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -14,7 +14,13 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     let mut linker = Linker::new(&engine);
     wasmtime_wasi_http::p2::add_to_linker_async(&mut linker)?;
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
-    let mut store = Store::new(&engine, RequestState::new());
+    let sandbox = Sandbox {
+        max_memory: 64 << 20,
+        max_fields_size: 64 << 10,
+        max_resources: 1_000,
+        allowed_outbound: Vec::new().into(),
+    };
+    let mut store = Store::new(&engine, RequestState::new(&sandbox));
     pre.instantiate_async(&mut store).await?;
     Ok(())
 }

@@ -303,3 +303,68 @@ pub fn assert_hello(reply: &Reply) {
     assert_eq!(reply.headers["content-length"], "12");
     assert_eq!(reply.text(), "Hello World\n");
 }
+
+/// A raw TCP client, for requests a well-behaved HTTP client would not send.
+pub struct RawClient(tokio::net::TcpStream);
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient(TcpStream::connect(addr).await.expect("connecting"))
+    }
+
+    /// Sends `bytes`; an error means the server already closed the connection.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes).await
+    }
+
+    /// Reads whatever the server sends next; panics after [`STEP_TIMEOUT`].
+    pub async fn read_some(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0; 4096];
+        let n = tokio::time::timeout(STEP_TIMEOUT, self.0.read(&mut buf))
+            .await
+            .expect("nothing to read")
+            .expect("reading");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Reads until the server closes the connection and returns everything it
+    /// sent; panics if it is still open after [`STEP_TIMEOUT`].
+    pub async fn read_to_close(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::new();
+        let mut buf = [0; 4096];
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.0.read(&mut buf)).await {
+                Err(_) => panic!(
+                    "connection still open after {STEP_TIMEOUT:?}; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                ),
+                Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&seen).into_owned(),
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Open file descriptors of the server process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("reading /proc/PID/fd")
+            .count()
+    }
+
+    /// Resident set size of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}

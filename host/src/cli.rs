@@ -1,11 +1,14 @@
-//! The command line: what an operator can set, with the defaults and the reason
-//! for each.
+//! The command line: every setting an operator has, with its default and the
+//! reason for it. The defaults are chosen for a public-facing server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use clap::Parser;
+
+use crate::outbound::Destination;
 
 /// Serve a wasi-http component, with a fresh instance for every request.
 #[derive(Debug, Parser)]
@@ -26,4 +29,79 @@ pub struct Cli {
     /// staying inside the usual 30 s grace period of process supervisors.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Wall-clock budget of one request's instance, from instantiation to the
+    /// end of its response body; past it the guest is stopped, whether it
+    /// computes or waits, and the client gets 504 (or a cut-off body). 30 s is
+    /// what most load balancers wait for an upstream.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest linear memory one instance may grow to; a guest allocating past
+    /// it sees the allocation fail (a trap in most languages: 500). 128 MiB
+    /// fits interpreters such as JS engines while
+    /// `--max-concurrent-requests` x this stays well inside a small machine.
+    #[arg(long, default_value = "128MiB")]
+    pub max_memory: ByteSize,
+
+    /// Largest request body a guest is given. A larger `content-length` is
+    /// refused with 413 before any instance exists; a streamed body is cut at
+    /// the limit and answered 413. 10 MiB is a generous form or upload size.
+    #[arg(long, default_value = "10MiB")]
+    pub max_body: ByteSize,
+
+    /// Instances alive at once. Past it a request waits up to
+    /// `--queue-timeout` for a slot, then gets 503. Every instance may hold up
+    /// to `--max-memory`, so this times that bounds guest memory (16 GiB by
+    /// default); 128 is far more than 2 cores keep busy.
+    #[arg(long, default_value_t = 128)]
+    pub max_concurrent_requests: usize,
+
+    /// How long a request may wait for an instance slot before it gets 503.
+    /// Short, so an overloaded server sheds load instead of queueing it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Duration,
+
+    /// Open client connections. Past it the server stops accepting until one
+    /// closes (new clients wait in the kernel's backlog). Keep it below the
+    /// process's file-descriptor limit.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// HTTP/1.1: time a client has to send a request's complete headers,
+    /// counted from when the server starts waiting for them (so it also closes
+    /// keep-alive connections idle for this long). Defeats slowloris clients.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Any connection (HTTP/1.1 or HTTP/2) with no request in flight for this
+    /// long is closed, including one that never sends a byte. One minute keeps
+    /// keep-alive useful for real clients without holding sockets for idlers.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest request head (request line and headers) accepted; a larger one
+    /// gets 431. 64 KiB is above what browsers send and what common proxies
+    /// accept (nginx: 32 KiB).
+    #[arg(long, default_value = "64KiB")]
+    pub max_header_size: ByteSize,
+
+    /// Largest header or trailer set (fields) a guest may build, in wasi-http's
+    /// in-memory accounting (roughly twice the wire size). Bounds host memory a
+    /// guest can make the host allocate through `wasi:http/types.fields`.
+    #[arg(long, default_value = "128KiB")]
+    pub max_guest_fields_size: ByteSize,
+
+    /// Resources (requests, bodies, streams, pollables) one instance may hold
+    /// open at once in the host. A hello-world request uses under ten; the cap
+    /// stops a guest from making the host allocate without limit.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_guest_resources: usize,
+
+    /// Let guests send outbound HTTP requests (`wasi:http/outgoing-handler`)
+    /// to HOST or HOST:PORT; repeatable. Without it every outbound request is
+    /// denied with the wasi:http error `HTTP-request-denied`, so a guest cannot
+    /// reach internal services unless the operator says so.
+    #[arg(long = "allow-outbound", value_name = "HOST[:PORT]")]
+    pub allow_outbound: Vec<Destination>,
 }

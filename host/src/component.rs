@@ -3,6 +3,7 @@
 //! component stops the process with one clear line instead of failing requests.
 
 use std::path::Path;
+use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::error::Context;
@@ -12,10 +13,36 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::state::RequestState;
 
-/// Builds the engine every instance runs on.
+/// How often the engine's epoch advances: the granularity of
+/// `--request-timeout` for a guest that spins, and the longest a running guest
+/// keeps its thread before yielding to other requests. A tick costs one atomic
+/// increment, so 10 ms is cheap and keeps co-scheduled requests responsive.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Builds the engine every instance runs on, and starts the one thread that
+/// advances its epoch for the life of the engine.
 pub fn engine() -> Result<Engine> {
-    let config = Config::new();
-    Engine::new(&config).context("configuring the wasm engine")
+    let mut config = Config::new();
+    // Compiled code checks the epoch at function entries and loop headers, so
+    // a guest that never calls the host can still be stopped.
+    config.epoch_interruption(true);
+    // A trap's wasm backtrace is a list of bare offsets for the stripped
+    // release builds guests ship, costs a stack walk per trap, and spreads
+    // each log entry over many lines; the trap's cause is kept without it.
+    config.wasm_backtrace_max_frames(None);
+    let engine = Engine::new(&config).context("configuring the wasm engine")?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch ticker")?;
+    Ok(engine)
 }
 
 /// Compiles the component at `path`, links it against WASI 0.2 and wasi:http,

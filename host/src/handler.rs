@@ -8,81 +8,166 @@
 //! and a client that goes away drops (and so cancels) the instance with it.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
 use tracing::{error, warn};
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::state::RequestState;
+use crate::cli::Cli;
+use crate::request_body::CappedBody;
+use crate::state::{RequestState, Sandbox};
 
 /// Serves requests with fresh instances of one pre-linked component.
 pub struct Handler {
     /// The component, compiled and linked once at startup; per request only
     /// instantiation is left.
     pre: ProxyPre<RequestState>,
+    /// What every request's store is built with.
+    sandbox: Sandbox,
+    /// One permit per live instance (`--max-concurrent-requests`), held until
+    /// the instance's store is dropped.
+    instances: Arc<Semaphore>,
+    /// `--queue-timeout`: how long a request waits for a permit.
+    queue_timeout: Duration,
+    /// `--request-timeout`: an instance's whole life, instantiation included.
+    request_timeout: Duration,
+    /// `--max-body`, in bytes.
+    max_body: u64,
 }
 
 impl Handler {
-    pub fn new(pre: ProxyPre<RequestState>) -> Self {
-        Self { pre }
+    pub fn new(pre: ProxyPre<RequestState>, cli: &Cli) -> Self {
+        let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+        Self {
+            pre,
+            sandbox: Sandbox {
+                max_memory: to_usize(cli.max_memory.as_u64()),
+                max_fields_size: to_usize(cli.max_guest_fields_size.as_u64()),
+                max_resources: cli.max_guest_resources,
+                allowed_outbound: cli.allow_outbound.clone().into(),
+            },
+            instances: Arc::new(Semaphore::new(cli.max_concurrent_requests)),
+            queue_timeout: cli.queue_timeout,
+            request_timeout: cli.request_timeout,
+            max_body: cli.max_body.as_u64(),
+        }
     }
 
     /// Runs `request` in a new instance. Never fails: whatever the guest does,
-    /// the client gets a response (a 5xx if the guest failed before setting
-    /// one) and the cause is logged.
+    /// the client gets a response (a 4xx or 5xx if the request or the guest
+    /// failed before the guest set one) and the cause is logged.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
-        let mut store = Store::new(self.pre.engine(), RequestState::new());
-        let (head_sender, mut head) = oneshot::channel();
-
-        let mut http = store.data_mut().http();
-        let request = match http.new_incoming_request(Scheme::Http, request) {
-            Ok(request) => request,
-            // In practice: neither an absolute URI nor a `Host` header.
-            Err(err) => return plain(StatusCode::BAD_REQUEST, format!("bad request: {err}\n")),
+        if declared_length(&request).is_some_and(|len| len > self.max_body) {
+            return too_large(self.max_body);
+        }
+        // The common case takes a free permit without arming a timer.
+        let permit = match self.instances.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.instances.clone().acquire_owned();
+                match tokio::time::timeout(self.queue_timeout, wait).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        warn!(
+                            "answered 503: no free instance slot within --queue-timeout ({:?})",
+                            self.queue_timeout
+                        );
+                        return plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+                    }
+                }
+            }
         };
+        let deadline = Instant::now() + self.request_timeout;
+
+        let mut store = Store::new(self.pre.engine(), RequestState::new(&self.sandbox));
+        store.limiter(|state| &mut state.limiter);
+        // At every epoch tick a running guest yields to the runtime, so other
+        // requests share its thread and the deadline below fires even while it
+        // spins. The closure captures nothing: boxing it does not allocate.
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store.set_epoch_deadline(1);
+
+        let (parts, body) = request.into_parts();
+        let (body, mut over_limit) = CappedBody::new(body, self.max_body);
+        let (head_sender, mut head) = oneshot::channel();
+        let mut http = store.data_mut().http();
+        let request =
+            match http.new_incoming_request(Scheme::Http, Request::from_parts(parts, body)) {
+                Ok(request) => request,
+                // In practice: neither an absolute URI nor a `Host` header.
+                Err(err) => return plain(StatusCode::BAD_REQUEST, format!("Bad Request: {err}\n")),
+            };
         let response_out = match http.new_response_outparam(head_sender) {
             Ok(response_out) => response_out,
             Err(err) => return internal_error(format_args!("creating response-outparam: {err:#}")),
         };
-        let proxy = match self.pre.instantiate_async(&mut store).await {
-            Ok(proxy) => proxy,
-            Err(err) => return internal_error(format_args!("instantiating: {err:?}")),
-        };
 
+        let pre = self.pre.clone();
+        let timeout = self.request_timeout;
         let mut guest = GuestCall::Running(Box::pin(async move {
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, response_out)
-                .await
-            // `store` is dropped here, with every resource the guest held.
+            let _permit = permit;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, response_out)
+                    .await
+            };
+            let result = match tokio::time::timeout_at(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
+            };
+            if store.data().limiter.hit {
+                return result.map_err(|err| err.context(MemoryLimitHit));
+            }
+            result
+            // `store` is dropped here, with every resource the guest held, and
+            // then `_permit`, freeing the slot.
         }));
 
         // Until the guest sets the response head, drive its call here. The
         // sender lives in the store, so `head` also resolves if the store goes.
         let head = poll_fn(|cx| {
             guest.poll(cx);
-            Pin::new(&mut head).poll(cx)
+            if over_limit.poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut head).poll(cx).map(Some)
         })
         .await;
 
         match head {
-            Ok(Ok(response)) => response.map(|body| ResponseBody::streaming(body, guest)),
-            Ok(Err(code)) => {
+            None => too_large(self.max_body),
+            Some(Ok(Ok(response))) => response.map(|body| ResponseBody::streaming(body, guest)),
+            Some(Ok(Err(code))) => {
                 internal_error(format_args!("the guest responded with an error: {code:?}"))
             }
-            Err(_) => match guest {
-                GuestCall::Failed(err) => internal_error(format_args!("the guest failed: {err:?}")),
+            Some(Err(_)) => match guest {
+                GuestCall::Failed(err) if err.is::<TimedOut>() => {
+                    error!("answered 504: {err}");
+                    plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                }
+                GuestCall::Failed(err) => internal_error(format_args!("the guest failed: {err:#}")),
                 GuestCall::Returned => internal_error(format_args!(
                     "the guest returned without setting a response"
                 )),
@@ -91,6 +176,43 @@ impl Handler {
                 )),
             },
         }
+    }
+}
+
+/// The request's `content-length`, if it has a valid one.
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Why a guest was stopped at its deadline.
+#[derive(Debug)]
+struct TimedOut(Duration);
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the guest timed out: it ran past --request-timeout ({:?})",
+            self.0
+        )
+    }
+}
+
+impl StdError for TimedOut {}
+
+/// Context for a guest failure that followed a refused memory growth.
+#[derive(Debug)]
+struct MemoryLimitHit;
+
+impl fmt::Display for MemoryLimitHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the guest hit --max-memory")
     }
 }
 
@@ -158,7 +280,7 @@ impl Body for ResponseBody {
                     // An error here makes hyper abort the response (no final
                     // chunk in HTTP/1, RST_STREAM in HTTP/2) so the client sees
                     // it was cut off, not a short but complete body.
-                    warn!("the guest failed while writing the response body; cut it off: {err:?}");
+                    warn!("the guest failed while writing the response body; cut it off: {err:#}");
                     return Poll::Ready(Some(Err("the guest failed mid-response".into())));
                 }
                 Poll::Ready(None)
@@ -182,7 +304,7 @@ impl Drop for ResponseBody {
         {
             runtime.spawn(async move {
                 if let Err(err) = call.await {
-                    warn!("the guest failed after finishing its response: {err:?}");
+                    warn!("the guest failed after finishing its response: {err:#}");
                 }
             });
         }
@@ -201,6 +323,11 @@ fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
         header::HeaderValue::from_static("text/plain"),
     );
     response
+}
+
+fn too_large(max_body: u64) -> Response<ResponseBody> {
+    warn!("answered 413: request body over --max-body ({max_body} bytes)");
+    plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
 }
 
 /// Logs why a request failed and gives the client a 500 that says no more

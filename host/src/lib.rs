@@ -10,5 +10,7 @@
 pub mod cli;
 pub mod component;
 pub mod handler;
+pub mod outbound;
+pub mod request_body;
 pub mod server;
 pub mod state;

@@ -38,7 +38,7 @@ fn run(cli: Cli) -> Result<()> {
     // Compile and link before listening: a bad component never gets a port.
     let engine = component::engine()?;
     let pre = component::load(&engine, &cli.component)?;
-    let handler = Arc::new(Handler::new(pre));
+    let handler = Arc::new(Handler::new(pre, &cli));
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -48,7 +48,7 @@ fn run(cli: Cli) -> Result<()> {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         // The one line on stdout; scripts and tests wait for it.
         println!("Server running at http://{}/", listener.local_addr()?);
-        server::run(listener, handler, shutdown, cli.shutdown_timeout).await;
+        server::run(listener, handler, shutdown, &cli).await;
         Ok(())
     })
 }

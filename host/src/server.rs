@@ -1,19 +1,28 @@
 //! The accept loop: HTTP/1.1 (keep-alive) and HTTP/2 over cleartext on one
-//! port, each connection on its own task, and a graceful shutdown that stops
-//! accepting and lets in-flight requests finish within a bounded drain time.
+//! port, each connection on its own task, within the connection limits and
+//! timeouts of the command line; and a graceful shutdown that stops accepting
+//! and lets in-flight requests finish within a bounded drain time.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::cli::Cli;
 use crate::handler::Handler;
 
 /// How long to pause after a failed `accept` (typically EMFILE: out of file
@@ -22,21 +31,44 @@ use crate::handler::Handler;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then drains
-/// in-flight requests for at most `drain`.
+/// in-flight requests for at most `--shutdown-timeout`.
 pub async fn run(
     listener: TcpListener,
     handler: Arc<Handler>,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    cli: &Cli,
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    // hyper's timeouts (header read, keep-alive) only run with a timer.
-    http.http1().timer(TokioTimer::new());
-    http.http2().timer(TokioTimer::new());
+    // hyper's timeouts only run with a timer. A head that does not fit the
+    // read buffer is answered 431; hyper's floor for the buffer is 8 KiB.
+    let max_head = usize::try_from(cli.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cli.header_read_timeout)
+        .max_buf_size(max_head.max(8192));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(cli.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
 
     loop {
+        // Take a connection slot before accepting, so past --max-connections
+        // new clients wait in the kernel's backlog instead of being served.
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                warn!(
+                    "--max-connections ({}) reached; accepting again when one closes",
+                    cli.max_connections
+                );
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -52,28 +84,133 @@ pub async fn run(
         if let Err(err) = stream.set_nodelay(true) {
             debug!(%peer, "set_nodelay failed: {err}");
         }
+
+        let activity = Arc::new(Activity::new());
         let handler = handler.clone();
+        let tracker = activity.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request).await) }
+            let in_flight = InFlight::start(tracker.clone());
+            async move {
+                let response = handler.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
         });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let idle_timeout = cli.idle_timeout;
         tokio::spawn(async move {
-            // Clients that reset or send garbage end up here; the log is the
-            // only place that needs to know.
-            if let Err(err) = connection.await {
-                debug!(%peer, "connection ended with an error: {err}");
+            let _permit = permit;
+            tokio::select! {
+                // Clients that reset or send garbage end up here; the log is
+                // the only place that needs to know.
+                result = connection => if let Err(err) = result {
+                    debug!(%peer, "connection ended with an error: {err}");
+                },
+                () = activity.idle_for(idle_timeout) => {
+                    debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})");
+                }
             }
         });
     }
 
     drop(listener);
-    info!("shutting down: no longer accepting, draining in-flight requests for up to {drain:?}");
+    info!(
+        "shutting down: no longer accepting, draining in-flight requests for up to {:?}",
+        cli.shutdown_timeout
+    );
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(drain) => warn!("drain time over; closing the remaining connections"),
+        () = tokio::time::sleep(cli.shutdown_timeout) => {
+            warn!("--shutdown-timeout over; closing the remaining connections");
+        }
+    }
+}
+
+/// One connection's requests in flight and when it last had none, for
+/// `--idle-timeout`. hyper's own header-read timeout cannot do this job: it
+/// does not start until the auto builder has seen the first bytes, and HTTP/2
+/// has no equivalent.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` at which the last request finished.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Resolves once the connection has had no request in flight for
+    /// `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let idle = if self.in_flight.load(Ordering::Acquire) > 0 {
+                Duration::ZERO
+            } else {
+                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                self.opened.elapsed().saturating_sub(since)
+            };
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// Counts one request as in flight until dropped with its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.opened.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper
+/// is done with it.
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -1,10 +1,32 @@
-//! What one request's `Store` holds: the WASI and wasi-http contexts and the
-//! resource table they share. A new one is built for every request and dropped
-//! with it, so nothing a guest does outlives its request.
+//! What one request's `Store` holds: the WASI and wasi-http contexts, the
+//! resource table they share, the outbound policy and the memory limiter. A
+//! new one is built for every request and dropped with it, so nothing a guest
+//! does outlives its request.
 
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::{Destination, OutboundPolicy};
+
+/// Largest table (of function references) an instance may grow. Compilers
+/// emit one entry per address-taken function: a few hundred for typical
+/// guests, so 100,000 (about 1 MiB of host memory) is never in the way of real
+/// code while still stopping a guest that grows tables to eat host memory.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The limits every request's sandbox is built with, derived once from the
+/// command line.
+#[derive(Clone)]
+pub struct Sandbox {
+    pub max_memory: usize,
+    pub max_fields_size: usize,
+    pub max_resources: usize,
+    pub allowed_outbound: Arc<[Destination]>,
+}
 
 pub struct RequestState {
     /// Handles to every resource the guest holds (requests, bodies, streams).
@@ -14,26 +36,34 @@ pub struct RequestState {
     wasi: WasiCtx,
     /// wasi:http's own settings.
     http: WasiHttpCtx,
+    /// Which outbound requests the guest may make.
+    outbound: OutboundPolicy,
+    /// Caps linear memory; remembers whether the guest ran into the cap.
+    pub limiter: MemoryLimiter,
 }
 
 impl RequestState {
-    pub fn new() -> Self {
+    pub fn new(sandbox: &Sandbox) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(sandbox.max_resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(sandbox.max_fields_size);
         Self {
-            table: ResourceTable::new(),
+            table,
             // The guest's stdout and stderr go to the server's stderr, where the
-            // logs are: stdout carries only the "Server running" line.
+            // logs are: stdout carries only the "Server running" line. Network
+            // access through wasi:sockets stays at WASI's default: denied.
             wasi: WasiCtx::builder()
                 .stdout(wasmtime_wasi::cli::stderr())
                 .inherit_stderr()
                 .build(),
-            http: WasiHttpCtx::new(),
+            http,
+            outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
+            limiter: MemoryLimiter {
+                max_memory: sandbox.max_memory,
+                hit: false,
+            },
         }
-    }
-}
-
-impl Default for RequestState {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -51,7 +81,39 @@ impl WasiHttpView for RequestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.outbound,
         }
+    }
+}
+
+/// Refuses memory growth past `--max-memory` (the guest sees `memory.grow`
+/// fail, as on a machine out of memory) and tables past
+/// [`MAX_TABLE_ELEMENTS`].
+pub struct MemoryLimiter {
+    max_memory: usize,
+    /// Set when a growth was refused, so the failure can be logged as a limit
+    /// hit rather than a bare trap.
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_memory;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

@@ -12,6 +12,11 @@
 //! | `/trap-after-headers` | sends the head and a first chunk, then traps |
 //! | `/sleep?ms=N` | waits N ms on a host pollable, then answers |
 //! | `/echo` | streams the request body back chunk by chunk |
+//! | `/consume` | reads the whole request body, then answers with its length |
+//! | `/stream?chunks=N&ms=M` | sends N chunks, M ms apart |
+//! | `/loop` | spins forever without calling the host |
+//! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
+//! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
 //! | anything else | `testbed\n` |
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,8 +28,10 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 use wasi::io::streams::{OutputStream, StreamError};
 
@@ -60,6 +67,42 @@ impl Guest for Testbed {
                 respond(response_out, format!("slept {ms} ms\n").as_bytes());
             }
             "/echo" => echo(request, response_out),
+            "/consume" => {
+                let body = read_body(request.consume().expect("request body is taken once"));
+                respond(response_out, format!("{} bytes\n", body.len()).as_bytes());
+            }
+            "/stream" => {
+                let chunks: u32 = query_param(query, "chunks").unwrap_or(3);
+                let ms: u64 = query_param(query, "ms").unwrap_or(100);
+                let (out, stream) = start_response(response_out);
+                for i in 0..chunks {
+                    write_all(&stream, format!("chunk {i}\n").as_bytes());
+                    wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                }
+                drop(stream);
+                OutgoingBody::finish(out, None).expect("finishing the body");
+            }
+            "/loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "/alloc" => {
+                let mb: usize = query_param(query, "mb").unwrap_or(1);
+                let block = std::hint::black_box(vec![1u8; mb << 20]);
+                respond(
+                    response_out,
+                    format!("allocated {} MiB\n", block.len() >> 20).as_bytes(),
+                );
+            }
+            "/outbound" => {
+                let authority: String = query_param(query, "authority").unwrap_or_default();
+                match fetch(&authority) {
+                    Ok(body) => respond(response_out, &body),
+                    Err(err) => respond_with(response_out, 502, format!("{err}\n").as_bytes()),
+                }
+            }
             _ => respond(response_out, b"testbed\n"),
         }
     }
@@ -67,7 +110,11 @@ impl Guest for Testbed {
 
 /// Answers 200 with `body` in one go.
 fn respond(response_out: ResponseOutparam, body: &[u8]) {
-    let (out, stream) = start_response(response_out);
+    respond_with(response_out, 200, body);
+}
+
+fn respond_with(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+    let (out, stream) = start_response_with(response_out, status);
     write_all(&stream, body);
     drop(stream);
     OutgoingBody::finish(out, None).expect("finishing the body");
@@ -75,9 +122,17 @@ fn respond(response_out: ResponseOutparam, body: &[u8]) {
 
 /// Sets a 200 response with no content-length, so the body can stream.
 fn start_response(response_out: ResponseOutparam) -> (OutgoingBody, OutputStream) {
+    start_response_with(response_out, 200)
+}
+
+fn start_response_with(
+    response_out: ResponseOutparam,
+    status: u16,
+) -> (OutgoingBody, OutputStream) {
     let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
         .expect("static headers are valid");
     let response = OutgoingResponse::new(headers);
+    response.set_status_code(status).expect("valid status");
     let body = response.body().expect("body is taken once");
     ResponseOutparam::set(response_out, Ok(response));
     let stream = body.write().expect("stream is taken once");
@@ -99,6 +154,43 @@ fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
     }
     drop(stream);
     OutgoingBody::finish(out, None).expect("finishing the body");
+}
+
+/// Reads an incoming body to its end; panics (traps) if the stream fails.
+fn read_body(body: IncomingBody) -> Vec<u8> {
+    let input = body.stream().expect("body stream is taken once");
+    let mut bytes = Vec::new();
+    loop {
+        match input.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(err) => panic!("reading a body: {err:?}"),
+        }
+    }
+    bytes
+}
+
+/// `GET http://{authority}/` through `wasi:http/outgoing-handler`; the error
+/// is the wasi:http error code, printed.
+fn fetch(authority: &str) -> Result<Vec<u8>, String> {
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .expect("valid scheme");
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| format!("bad authority {authority:?}"))?;
+    request.set_path_with_query(Some("/")).expect("valid path");
+    let pending = outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .expect("ready after block")
+        .expect("taken once")
+        .map_err(|code| format!("{code:?}"))?;
+    Ok(read_body(
+        response.consume().expect("response body is taken once"),
+    ))
 }
 
 /// `blocking-write-and-flush` takes at most 4096 bytes per call.

@@ -1,0 +1,92 @@
+//! Outbound HTTP (`wasi:http/outgoing-handler`): denied unless the operator
+//! allowed the destination with `--allow-outbound`. A denied request fails
+//! inside the guest with the wasi:http error `HTTP-request-denied`; the host
+//! itself carries on.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hyper::http::uri::{Authority, Scheme};
+use hyper::http::{Request, Response, Uri};
+use tracing::warn;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// One `--allow-outbound` entry: a host, and a port unless every port is
+/// allowed.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    host: String,
+    port: Option<u16>,
+}
+
+impl FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let authority = Authority::from_str(s).map_err(|err| format!("`{s}`: {err}"))?;
+        if s.contains('@') {
+            return Err(format!("`{s}`: give HOST or HOST:PORT, without user info"));
+        }
+        Ok(Self {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+}
+
+impl Destination {
+    fn allows(&self, uri: &Uri) -> bool {
+        let Some(host) = uri.host() else { return false };
+        let port = uri.port_u16().or(match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => Some(443),
+            Some(scheme) if *scheme == Scheme::HTTP => Some(80),
+            _ => None,
+        });
+        host.eq_ignore_ascii_case(&self.host)
+            && self.port.is_none_or(|allowed| port == Some(allowed))
+    }
+}
+
+/// The wasi-http hooks of one request: the outbound allow-list; everything
+/// else is wasmtime-wasi-http's default.
+pub struct OutboundPolicy {
+    /// Shared by every request; built once from the command line.
+    allowed: Arc<[Destination]>,
+}
+
+impl OutboundPolicy {
+    pub fn new(allowed: Arc<[Destination]>) -> Self {
+        Self { allowed }
+    }
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), Error>> + Send>,
+)>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        if !self.allowed.iter().any(|d| d.allows(request.uri())) {
+            warn!(uri = %request.uri(), "outbound request denied (see --allow-outbound)");
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        // What wasmtime-wasi-http does by default, which we cannot call
+        // once we override this method.
+        drop(fut);
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
