@@ -18,6 +18,12 @@ use crate::outbound::{Destination, OutboundPolicy};
 /// code while still stopping a guest that grows tables to eat host memory.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// Largest `wasi:random` request a guest may make; larger ones trap. The host
+/// allocates the whole buffer before copying it into the guest, so
+/// wasmtime-wasi's default of 64 MiB per call would let each instance make the
+/// host allocate far past `--max-memory`. Keys and seeds need bytes, not MiB.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// The limits every request's sandbox is built with, derived once from the
 /// command line.
 #[derive(Clone)]
@@ -56,6 +62,7 @@ impl RequestState {
             wasi: WasiCtx::builder()
                 .stdout(wasmtime_wasi::cli::stderr())
                 .inherit_stderr()
+                .max_random_size(MAX_RANDOM_BYTES)
                 .build(),
             http,
             outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
