@@ -24,6 +24,11 @@ pub struct Cli {
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
 
+    /// Worker threads, each an event loop serving the connections dealt to it
+    /// in turn; a connection stays on its worker. One per core by default.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+
     /// On SIGINT or SIGTERM, how long in-flight requests may take to finish
     /// before the server exits anyway. Ten seconds covers any sane request while
     /// staying inside the usual 30 s grace period of process supervisors.
@@ -98,10 +103,42 @@ pub struct Cli {
     #[arg(long, default_value_t = 10_000)]
     pub max_guest_resources: usize,
 
+    /// Where compiled components are kept between runs, so a restart skips
+    /// compilation (the cold start). Entries are keyed by the component's
+    /// content and the engine's settings, and checksummed.
+    /// [default: $XDG_CACHE_HOME/wasi-http-server, or ~/.cache/wasi-http-server]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile the component at every start instead of using the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+
     /// Let guests send outbound HTTP requests (`wasi:http/outgoing-handler`)
     /// to HOST or HOST:PORT; repeatable. Without it every outbound request is
     /// denied with the wasi:http error `HTTP-request-denied`, so a guest cannot
     /// reach internal services unless the operator says so.
     #[arg(long = "allow-outbound", value_name = "HOST[:PORT]")]
     pub allow_outbound: Vec<Destination>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+impl Cli {
+    /// The compile cache directory, unless `--no-cache`.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache"))
+                })?;
+            Some(base.join("wasi-http-server"))
+        })
+    }
 }

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use hyper::{Request, Response, StatusCode, header};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::{error, warn};
 use wasmtime::{Store, UpdateDeadline};
@@ -68,10 +68,44 @@ impl Handler {
         }
     }
 
+    /// Instantiates the component once and drops it, so that a component that
+    /// cannot be instantiated (it needs more than the pool's per-component
+    /// limits, or traps in a start function) fails at startup rather than on
+    /// every request.
+    pub async fn check(&self) -> wasmtime::Result<()> {
+        let mut store = self.new_store();
+        let deadline = Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, self.pre.instantiate_async(&mut store)).await {
+            Ok(instance) => instance.map(drop),
+            Err(_) => Err(wasmtime::Error::new(TimedOut(self.request_timeout))),
+        }
+    }
+
+    /// A fresh store with this server's limits, memory cap and epoch deadline.
+    fn new_store(&self) -> Store<RequestState> {
+        let mut store = Store::new(self.pre.engine(), RequestState::new(&self.sandbox));
+        store.limiter(|state| &mut state.limiter);
+        // At every epoch tick a running guest yields to the runtime, so other
+        // requests share its thread and the request deadline fires even while
+        // it spins. The closure captures nothing: boxing it does not allocate.
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
     /// Runs `request` in a new instance. Never fails: whatever the guest does,
     /// the client gets a response (a 4xx or 5xx if the request or the guest
     /// failed before the guest set one) and the cause is logged.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         if declared_length(&request).is_some_and(|len| len > self.max_body) {
             return too_large(self.max_body);
         }
@@ -94,19 +128,7 @@ impl Handler {
         };
         let deadline = Instant::now() + self.request_timeout;
 
-        let mut store = Store::new(self.pre.engine(), RequestState::new(&self.sandbox));
-        store.limiter(|state| &mut state.limiter);
-        // At every epoch tick a running guest yields to the runtime, so other
-        // requests share its thread and the deadline below fires even while it
-        // spins. The closure captures nothing: boxing it does not allocate.
-        store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
-        store.set_epoch_deadline(1);
-
+        let mut store = self.new_store();
         let (parts, body) = request.into_parts();
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let (head_sender, mut head) = oneshot::channel();
@@ -124,25 +146,37 @@ impl Handler {
 
         let pre = self.pre.clone();
         let timeout = self.request_timeout;
+        let mut instance = Instance {
+            store,
+            _permit: permit,
+        };
         let mut guest = GuestCall::Running(Box::pin(async move {
-            let _permit = permit;
+            let store = &mut instance.store;
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = pre.instantiate_async(&mut *store).await?;
                 proxy
                     .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, response_out)
+                    .call_handle(&mut *store, request, response_out)
                     .await
             };
-            let result = match tokio::time::timeout_at(deadline, run).await {
-                Ok(result) => result,
-                Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
+            // Most guests finish within their first poll, before any epoch
+            // tick; the deadline's timer is armed only for those that wait or
+            // yield, and it still counts from the request's start.
+            let result = {
+                let mut run = std::pin::pin!(run);
+                match poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => match tokio::time::timeout_at(deadline, run).await {
+                        Ok(result) => result,
+                        Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
+                    },
+                }
             };
             if store.data().limiter.hit {
                 return result.map_err(|err| err.context(MemoryLimitHit));
             }
             result
-            // `store` is dropped here, with every resource the guest held, and
-            // then `_permit`, freeing the slot.
+            // `instance` is dropped when this future is, finished or not.
         }));
 
         // Until the guest sets the response head, drive its call here. The
@@ -177,6 +211,15 @@ impl Handler {
             },
         }
     }
+}
+
+/// A request's store with its instance slot. Fields drop in order: the store
+/// (and every pooled resource its instance holds) before the permit, so a slot
+/// is never handed to a new request while its old instance still occupies the
+/// pool.
+struct Instance {
+    store: Store<RequestState>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The request's `content-length`, if it has a valid one.

@@ -7,6 +7,7 @@
 //! everything that can be done once (engine, compilation, linking) at startup;
 //! [`state`] is what each instance's `Store` holds.
 
+pub mod cache;
 pub mod cli;
 pub mod component;
 pub mod handler;

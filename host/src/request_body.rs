@@ -6,12 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::Error;
 
-pub struct CappedBody {
-    inner: Incoming,
+pub struct CappedBody<B> {
+    inner: B,
     /// Bytes the guest may still receive.
     remaining: u64,
     /// Fired once, when the client sends more than the limit.
@@ -21,8 +21,8 @@ pub struct CappedBody {
 /// Resolves when the body it belongs to went over the limit.
 pub struct Exceeded(Option<oneshot::Receiver<()>>);
 
-impl CappedBody {
-    pub fn new(inner: Incoming, limit: u64) -> (Self, Exceeded) {
+impl<B> CappedBody<B> {
+    pub fn new(inner: B, limit: u64) -> (Self, Exceeded) {
         let (sender, receiver) = oneshot::channel();
         let body = Self {
             inner,
@@ -33,7 +33,11 @@ impl CappedBody {
     }
 }
 
-impl Body for CappedBody {
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Error>,
+{
     type Data = Bytes;
     type Error = Error;
 

@@ -1,10 +1,17 @@
-//! The accept loop: HTTP/1.1 (keep-alive) and HTTP/2 over cleartext on one
-//! port, each connection on its own task, within the connection limits and
-//! timeouts of the command line; and a graceful shutdown that stops accepting
-//! and lets in-flight requests finish within a bounded drain time.
+//! Connections: one accept loop hands each connection to a worker thread,
+//! which serves HTTP/1.1 (keep-alive) and HTTP/2 over cleartext on it within
+//! the connection limits and timeouts of the command line; and a graceful
+//! shutdown that stops accepting and lets in-flight requests finish within a
+//! bounded drain time.
+//!
+//! Thread per core: each worker runs its own single-threaded runtime, and a
+//! connection (with every request on it) stays on the worker it was given to.
+//! A multi-threaded runtime balances better but pays for it in wakeups and
+//! work stealing across threads on every request (measured in
+//! BENCHMARKS.md); handing over a connection costs one wakeup per connection.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,8 +24,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -30,30 +37,63 @@ use crate::handler::Handler;
 /// connections close and free some.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Serves `handler` on `listener` until `shutdown` resolves, then drains
-/// in-flight requests for at most `--shutdown-timeout`.
-pub async fn run(
+/// An accepted connection on its way to a worker, with its connection slot.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The worker threads; `drain` stops them.
+pub struct Workers {
+    inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts `--threads` worker threads, each serving the connections it is
+/// given with `handler` on its own single-threaded runtime.
+pub fn spawn(handler: Arc<Handler>, cli: Arc<Cli>) -> std::io::Result<Workers> {
+    let mut workers = Workers {
+        inboxes: Vec::new(),
+        threads: Vec::new(),
+    };
+    for i in 0..cli.threads.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (inbox, incoming) = mpsc::unbounded_channel();
+        let (handler, cli) = (handler.clone(), cli.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || runtime.block_on(serve(incoming, handler, &cli)))?;
+        workers.inboxes.push(inbox);
+        workers.threads.push(thread);
+    }
+    Ok(workers)
+}
+
+impl Workers {
+    /// Closes the workers' inboxes, so each drains its in-flight requests (for
+    /// at most `--shutdown-timeout`), and waits for them to finish.
+    pub fn drain(self) {
+        drop(self.inboxes);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves and deals them out to the
+/// workers in turn.
+pub async fn accept(
     listener: TcpListener,
-    handler: Arc<Handler>,
+    workers: &Workers,
     shutdown: impl Future<Output = ()>,
     cli: &Cli,
 ) {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    // hyper's timeouts only run with a timer. A head that does not fit the
-    // read buffer is answered 431; hyper's floor for the buffer is 8 KiB.
-    let max_head = usize::try_from(cli.max_header_size.as_u64()).unwrap_or(usize::MAX);
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cli.header_read_timeout)
-        .max_buf_size(max_head.max(8192));
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(cli.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
-
-    loop {
+    for next in (0..workers.inboxes.len()).cycle() {
         // Take a connection slot before accepting, so past --max-connections
         // new clients wait in the kernel's backlog instead of being served.
         let permit = match connections.clone().try_acquire_owned() {
@@ -84,7 +124,56 @@ pub async fn run(
         if let Err(err) = stream.set_nodelay(true) {
             debug!(%peer, "set_nodelay failed: {err}");
         }
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                warn!(%peer, "cannot hand the connection to a worker: {err}");
+                continue;
+            }
+        };
+        // A worker's inbox only closes when its thread has died; the
+        // connection is then dropped with its slot.
+        let _ = workers.inboxes[next].send(Accepted {
+            stream,
+            peer,
+            permit,
+        });
+    }
+    info!(
+        "shutting down: no longer accepting, draining in-flight requests for up to {:?}",
+        cli.shutdown_timeout
+    );
+}
 
+/// One worker: serves each connection it is given on a task of its own, then,
+/// once its inbox closes, drains.
+async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Handler>, cli: &Cli) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    // hyper's timeouts only run with a timer. A head that does not fit the
+    // read buffer is answered 431; hyper's floor for the buffer is 8 KiB.
+    let max_head = usize::try_from(cli.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cli.header_read_timeout)
+        .max_buf_size(max_head.max(8192));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = incoming.recv().await
+    {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                warn!(%peer, "cannot serve the connection: {err}");
+                continue;
+            }
+        };
         let activity = Arc::new(Activity::new());
         let handler = handler.clone();
         let tracker = activity.clone();
@@ -119,11 +208,6 @@ pub async fn run(
         });
     }
 
-    drop(listener);
-    info!(
-        "shutting down: no longer accepting, draining in-flight requests for up to {:?}",
-        cli.shutdown_timeout
-    );
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
         () = tokio::time::sleep(cli.shutdown_timeout) => {

@@ -1,0 +1,118 @@
+//! Compiled components on disk, so that a restart skips compilation.
+//!
+//! An entry's file name is a SHA-256 of the component's bytes and of the
+//! engine's compatibility hash (wasmtime version, target, every setting that
+//! shapes compiled code), so a stale entry is never even looked at: a changed
+//! component, server or flag simply misses. An entry starts with a SHA-256 of
+//! the rest, checked before wasmtime maps it as code, so a corrupted or
+//! truncated entry is recompiled, not run. Entries are written to a temporary
+//! file and renamed into place, so readers never see half an entry.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Result};
+
+/// Returns the component for `bytes`: from `dir` when a valid entry is there,
+/// otherwise compiled and stored (a cache that cannot be written only costs
+/// the next start a compilation).
+pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Result<Component> {
+    let Some(dir) = dir else {
+        return Component::new(engine, bytes);
+    };
+    let path = entry_path(engine, bytes, dir);
+    match read_entry(&path) {
+        Ok(Some(code)) => {
+            // SAFETY: `code` is what `Component::serialize` wrote for an engine
+            // with the same compatibility hash (it is part of the file name),
+            // and its checksum proves it unchanged since. The cache directory
+            // is created private to this user, who could run code anyway.
+            match unsafe { Component::deserialize(engine, &code) } {
+                Ok(component) => {
+                    debug!(path = %path.display(), "loaded the compiled component from the cache");
+                    return Ok(component);
+                }
+                Err(err) => {
+                    warn!(path = %path.display(), "unusable cache entry, recompiling: {err:#}")
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(reason) => warn!(path = %path.display(), "{reason}, recompiling"),
+    }
+    let component = Component::new(engine, bytes)?;
+    match component.serialize() {
+        Ok(code) => {
+            if let Err(err) = write_entry(dir, &path, &code) {
+                warn!(dir = %dir.display(), "cannot write the compile cache: {err}");
+            }
+        }
+        Err(err) => warn!("cannot serialize the compiled component: {err:#}"),
+    }
+    Ok(component)
+}
+
+/// `dir/<sha256(compatibility hash, sha256(component))>.cwasm`
+fn entry_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {
+    let mut key = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut key);
+    key.0.update(Sha256::digest(bytes));
+    dir.join(format!("{:x}.cwasm", key.0.finalize()))
+}
+
+/// The entry's code if the file exists and its checksum holds; `Err` says why
+/// an existing entry was refused.
+fn read_entry(path: &Path) -> std::result::Result<Option<Vec<u8>>, String> {
+    let entry = match fs::read(path) {
+        Ok(entry) => entry,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("cannot read the cache entry: {err}")),
+    };
+    if entry.len() < 32 {
+        return Err("truncated cache entry".into());
+    }
+    let (checksum, code) = entry.split_at(32);
+    if Sha256::digest(code).as_slice() != checksum {
+        return Err("corrupted cache entry (checksum mismatch)".into());
+    }
+    Ok(Some(code.to_vec()))
+}
+
+fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(&Sha256::digest(code))?;
+    file.write_all(code)?;
+    file.sync_all()?;
+    fs::rename(&temp, path)
+}
+
+/// Feeds `Hash` output into SHA-256, for wasmtime's compatibility hash.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// `Hash` implementations only call `write`; the digest is read with
+    /// `finalize` instead.
+    fn finish(&self) -> u64 {
+        0
+    }
+}
