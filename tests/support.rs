@@ -45,6 +45,15 @@ pub fn server_binary() -> PathBuf {
     path
 }
 
+/// Where the servers the tests start keep their compile cache (as
+/// `XDG_CACHE_HOME`), so tests never write to the user's own cache.
+fn test_cache_home() -> PathBuf {
+    profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("e2e-cache")
+}
+
 /// A component built by `make components`, by name (`hello`, `testbed`).
 pub fn component(name: &str) -> PathBuf {
     let target = profile_dir().parent().expect("target dir").to_path_buf();
@@ -68,7 +77,14 @@ impl Server {
     /// Starts the server on `127.0.0.1:0` with `component` and waits for its
     /// "Server running at" line.
     pub fn start(component_name: &str, args: &[&str]) -> Server {
+        Self::start_with_env(component_name, args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(component_name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(server_binary())
+            .env("XDG_CACHE_HOME", test_cache_home())
+            .envs(env.iter().copied())
             .arg(component(component_name))
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
@@ -169,6 +185,7 @@ pub struct Failed {
 /// Runs the server with `args` and expects it to exit by itself.
 pub fn run_to_exit(args: &[&str]) -> Failed {
     let mut child = Command::new(server_binary())
+        .env("XDG_CACHE_HOME", test_cache_home())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
