@@ -9,7 +9,11 @@ COMPONENTS := target/components
 HELLO := $(COMPONENTS)/hello.wasm
 TESTBED := $(COMPONENTS)/testbed.wasm
 
-.PHONY: all run build components hello targets test lint wit-deps clean
+# The wasmtime our server embeds; `make bench` measures `wasmtime serve` of the same version.
+WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
+BENCH_TOOLS := target/bench-tools
+
+.PHONY: all run build components hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -42,9 +46,22 @@ test: lint build
 
 lint: targets
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --profile $(PROFILE) --all-targets -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed -- -D warnings
 	$(CARGO) clippy --profile guest -p hello --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) clippy --profile guest -p testbed --target wasm32-wasip2 -- -D warnings
+
+# Our server against plain hyper, the Node.js seed and `wasmtime serve`, with wrk;
+# records the report in BENCHMARKS.md. Then the in-process microbenchmark.
+# First run: installs wrk (apt) and wasmtime-cli into target/bench-tools (~15 min),
+# and builds the microbenchmark's own copy of wasmtime.
+bench: build
+	$(CARGO) build --profile $(PROFILE) -p hyper-hello
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	test -x $(BENCH_TOOLS)/bin/wasmtime || \
+	  $(CARGO) install wasmtime-cli --version $(WASMTIME_VERSION) --locked --root $(BENCH_TOOLS) || \
+	  echo "note: installing wasmtime-cli failed; the benchmark skips wasmtime serve"
+	python3 bench/run.py --record
+	$(CARGO) bench -p micro-bench
 
 # Re-vendors wit/deps from the wasmtime-wasi-http crate we build against, so
 # the WIT our guests see is the WIT our host implements. Never edit by hand.

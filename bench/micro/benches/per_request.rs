@@ -1,0 +1,41 @@
+//! The per-request hot path in-process, without the network: new store,
+//! instantiate hello.wasm, call `handle`, collect the response body. A change
+//! to that path can be judged here in microseconds (`make bench` runs it).
+
+use bytes::Bytes;
+use clap::Parser;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use wasi_http_server::cli::Cli;
+use wasi_http_server::component;
+use wasi_http_server::handler::Handler;
+
+fn per_request(c: &mut Criterion) {
+    let hello = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/components/hello.wasm"
+    );
+    let cli = Cli::parse_from(["per_request", hello]);
+    let engine = component::engine(&cli).expect("engine");
+    let pre = component::load(&engine, &cli.component, None).expect("run `make components` first");
+    let handler = Handler::new(pre, &cli);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    c.bench_function("hello: store + instantiate + handle + collect", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let request = Request::get("http://bench.local/")
+                .body(Empty::<Bytes>::new())
+                .expect("valid request");
+            let response = handler.handle(request).await;
+            let body = response.into_body().collect().await.expect("whole body");
+            assert_eq!(body.to_bytes(), "Hello World\n");
+        })
+    });
+}
+
+criterion_group!(benches, per_request);
+criterion_main!(benches);

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""`make bench`: our server against its peers, on loopback, with wrk.
+
+Starts, on 127.0.0.1: our server with hello.wasm, a plain hyper hello server
+(no wasm: the ceiling), the seed's Node.js server, and `wasmtime serve
+hello.wasm` with pooling on (when target/bench-tools has it). Runs the same wrk
+load against each, in interleaved rounds so that drift on the machine hits all
+alike, then measures cold start (process start to first 200), idle RSS and RSS
+under 1,000 concurrent connections. Prints a Markdown report and writes it into
+BENCHMARKS.md between the `bench:start` and `bench:end` markers.
+
+Every load run is bounded in time by wrk's own duration.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELLO = os.path.join(ROOT, "target/components/hello.wasm")
+WASMTIME = os.path.join(ROOT, "target/bench-tools/bin/wasmtime")
+READY_TIMEOUT = 30.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers_200(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Server:
+    """One server under test: how to start it on a given port."""
+
+    def __init__(self, name, argv, env=None):
+        self.name, self.argv, self.env = name, argv, env or {}
+        self.process = None
+
+    def command(self, port):
+        return [arg.replace("{port}", str(port)) for arg in self.argv]
+
+    def environment(self, port):
+        env = dict(os.environ)
+        env.update({k: v.replace("{port}", str(port)) for k, v in self.env.items()})
+        return env
+
+    def start(self):
+        """Starts the server and returns seconds from spawn to its first 200."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command(self.port),
+            env=self.environment(self.port),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while not answers_200(self.url):
+            if self.process.poll() is not None:
+                sys.exit(f"{self.name} exited with {self.process.returncode}: {self.command(self.port)}")
+            if time.perf_counter() - started > READY_TIMEOUT:
+                self.stop()
+                sys.exit(f"{self.name} did not answer within {READY_TIMEOUT} s")
+            time.sleep(0.001)
+        return time.perf_counter() - started
+
+    def rss_mib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def wrk(url, connections, seconds):
+    """Runs wrk with one thread and returns (req/s, p50 ms, p99 ms, errors)."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def percentile(p):
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Socket errors: (.*)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    problems = ", ".join(x for x in [errors and errors.group(1), non_2xx and f"{non_2xx.group(1)} non-2xx"] if x)
+    return rps, percentile(50), percentile(99), problems
+
+
+def rss_under_load(server, connections, seconds):
+    """Peak RSS while wrk holds `connections` connections open."""
+    load = subprocess.Popen(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", server.url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak = server.rss_mib()
+    while load.poll() is None:
+        peak = max(peak, server.rss_mib())
+        time.sleep(0.1)
+    return peak
+
+
+def machine():
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--record", action="store_true", help="write the report into BENCHMARKS.md")
+    args = parser.parse_args()
+
+    notes = []
+    servers = [
+        Server("ours (wasi-http-server)", [os.path.join(ROOT, "target/release/wasi-http-server"), HELLO, "--addr", "127.0.0.1:{port}"]),
+        Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"]),
+        Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}),
+    ]
+    if os.access(WASMTIME, os.X_OK):
+        servers.append(Server("wasmtime serve (48, pooling)", [WASMTIME, "serve", "-O", "pooling-allocator=y", "--addr", "127.0.0.1:{port}", HELLO]))
+    else:
+        notes.append("`wasmtime serve` skipped: `cargo install wasmtime-cli` into target/bench-tools failed.")
+    ours = servers[0]
+
+    # Cold start: each server alone on the machine, median of 5.
+    cold = {}
+    for server in servers:
+        runs = []
+        for _ in range(5):
+            runs.append(server.start() * 1000)
+            server.stop()
+        cold[server.name] = statistics.median(runs)
+
+    for server in servers:
+        server.start()
+    idle = {s.name: s.rss_mib() for s in servers}
+    for server in servers:
+        wrk(server.url, args.connections, 2)  # warm-up
+
+    results = {s.name: [] for s in servers}
+    for round_ in range(args.rounds):
+        # Rotate the order so no server always runs first or last.
+        order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
+        for server in order:
+            results[server.name].append(wrk(server.url, args.connections, args.seconds))
+            print(f"round {round_ + 1}: {server.name}: {results[server.name][-1][0]:,.0f} req/s", file=sys.stderr)
+
+    loaded = {s.name: rss_under_load(s, 1000, 5) for s in servers}
+    for server in servers:
+        server.stop()
+
+    def median(name, i):
+        return statistics.median(r[i] for r in results[name])
+
+    ours_rps = median(ours.name, 0)
+    lines = [
+        f"Run on {datetime.date.today().isoformat()}, {machine()}; server and load on the same machine.",
+        f"wrk 1 thread, {args.connections} keep-alive connections, {args.rounds} interleaved rounds of {args.seconds} s;"
+        " medians shown. Cold start: process start to first 200, median of 5.",
+        "",
+        "| server | req/s | ours ÷ it | p50 ms | p99 ms | cold start ms | idle RSS MiB | RSS, 1,000 conns MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for server in servers:
+        name = server.name
+        rps = median(name, 0)
+        problems = "; ".join(sorted({r[3] for r in results[name] if r[3]}))
+        lines.append(
+            f"| {name} | {rps:,.0f} | {ours_rps / rps:.2f} | {median(name, 1):.2f} | {median(name, 2):.2f} "
+            f"| {cold[name]:.1f} | {idle[name]:.1f} | {loaded[name]:.1f} |" + (f" errors: {problems}" if problems else "")
+        )
+    lines += [f"", *(f"Note: {note}" for note in notes)]
+    report = "\n".join(lines).rstrip() + "\n"
+    print(report)
+
+    if args.record:
+        path = os.path.join(ROOT, "BENCHMARKS.md")
+        text = open(path).read()
+        start, end = "<!-- bench:start -->\n", "<!-- bench:end -->"
+        before, rest = text.split(start)
+        _, after = rest.split(end)
+        open(path, "w").write(before + start + report + end + after)
+        print(f"recorded in {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
