@@ -27,7 +27,7 @@ async fn spinning_guest_is_cut_off() {
 /// thread at every epoch tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_requests_are_served_while_a_guest_spins() {
-    let server = Server::start("testbed", &["--request-timeout", "3s"]);
+    let server = Server::start("testbed", &["--request-timeout", "5s"]);
     let addr = server.addr;
     // Two spinners: as many as the server has worker threads.
     let spinners: Vec<_> = (0..2)
