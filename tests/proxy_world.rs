@@ -19,6 +19,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         max_fields_size: 64 << 10,
         max_resources: 1_000,
         allowed_outbound: Vec::new().into(),
+        env: Vec::new().into(),
     };
     let mut store = Store::new(&engine, RequestState::new(&sandbox));
     pre.instantiate_async(&mut store).await?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 use crate::outbound::Destination;
 
@@ -28,6 +28,12 @@ pub struct Cli {
     /// in turn; a connection stays on its worker. One per core by default.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log collectors. Filter with `RUST_LOG`
+    /// (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// On SIGINT or SIGTERM, how long in-flight requests may take to finish
     /// before the server exits anyway. Ten seconds covers any sane request while
@@ -114,12 +120,36 @@ pub struct Cli {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
+    /// An environment variable for the guest (`wasi:cli/environment`), as
+    /// `wasmtime serve --env` takes it: `KEY=VALUE`, or `KEY` to pass on the
+    /// server's own value. Repeatable. Guests see nothing else of the server's
+    /// environment.
+    #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = guest_env)]
+    pub env: Vec<(String, String)>,
+
     /// Let guests send outbound HTTP requests (`wasi:http/outgoing-handler`)
     /// to HOST or HOST:PORT; repeatable. Without it every outbound request is
     /// denied with the wasi:http error `HTTP-request-denied`, so a guest cannot
     /// reach internal services unless the operator says so.
     #[arg(long = "allow-outbound", value_name = "HOST[:PORT]")]
     pub allow_outbound: Vec<Destination>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `KEY=VALUE`, or `KEY` taken from the server's environment.
+fn guest_env(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some(("", _)) => Err(format!("`{arg}`: the name is empty")),
+        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+        None => std::env::var(arg)
+            .map(|value| (arg.to_string(), value))
+            .map_err(|_| format!("`{arg}` is not set in the server's environment")),
+    }
 }
 
 fn default_threads() -> usize {

@@ -60,6 +60,7 @@ impl Handler {
                 max_fields_size: to_usize(cli.max_guest_fields_size.as_u64()),
                 max_resources: cli.max_guest_resources,
                 allowed_outbound: cli.allow_outbound.clone().into(),
+                env: cli.env.clone().into(),
             },
             instances: Arc::new(Semaphore::new(cli.max_concurrent_requests)),
             queue_timeout: cli.queue_timeout,

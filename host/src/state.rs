@@ -32,6 +32,8 @@ pub struct Sandbox {
     pub max_fields_size: usize,
     pub max_resources: usize,
     pub allowed_outbound: Arc<[Destination]>,
+    /// `--env`: the guest's whole environment.
+    pub env: Arc<[(String, String)]>,
 }
 
 pub struct RequestState {
@@ -63,6 +65,7 @@ impl RequestState {
                 .stdout(wasmtime_wasi::cli::stderr())
                 .inherit_stderr()
                 .max_random_size(MAX_RANDOM_BYTES)
+                .envs(&sandbox.env)
                 .build(),
             http,
             outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),

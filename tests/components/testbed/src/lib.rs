@@ -17,6 +17,7 @@
 //! | `/loop` | spins forever without calling the host |
 //! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
+//! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
 //! | anything else | `testbed\n` |
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,6 +68,13 @@ impl Guest for Testbed {
                 respond(response_out, format!("slept {ms} ms\n").as_bytes());
             }
             "/echo" => echo(request, response_out),
+            "/env" => {
+                let name: String = query_param(query, "name").unwrap_or_default();
+                match std::env::var(&name) {
+                    Ok(value) => respond(response_out, format!("{value}\n").as_bytes()),
+                    Err(_) => respond_with(response_out, 404, b"unset\n"),
+                }
+            }
             "/consume" => {
                 let body = read_body(request.consume().expect("request body is taken once"));
                 respond(response_out, format!("{} bytes\n", body.len()).as_bytes());
