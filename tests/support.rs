@@ -82,10 +82,15 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(component_name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_path(&component(component_name), args, env)
+    }
+
+    /// [`Server::start`] for the component file at `path`.
+    pub fn start_path(path: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(server_binary())
             .env("XDG_CACHE_HOME", test_cache_home())
             .envs(env.iter().copied())
-            .arg(component(component_name))
+            .arg(path)
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -144,11 +149,20 @@ impl Server {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP.
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("running kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits for the process to exit; panics after [`STEP_TIMEOUT`].

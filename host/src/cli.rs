@@ -120,6 +120,13 @@ pub struct Cli {
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
+    /// Reload the component when its file changes: new requests go to the
+    /// new one once it compiles and instantiates, in-flight requests finish on
+    /// the old one, and a broken file leaves the old one serving. SIGHUP
+    /// reloads on demand, with or without this.
+    #[arg(long)]
+    pub watch: bool,
+
     /// An environment variable for the guest (`wasi:cli/environment`), as
     /// `wasmtime serve --env` takes it: `KEY=VALUE`, or `KEY` to pass on the
     /// server's own value. Repeatable. Guests see nothing else of the server's

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
@@ -34,9 +35,10 @@ use crate::state::{RequestState, Sandbox};
 
 /// Serves requests with fresh instances of one pre-linked component.
 pub struct Handler {
-    /// The component, compiled and linked once at startup; per request only
-    /// instantiation is left.
-    pre: ProxyPre<RequestState>,
+    /// The component, compiled and linked once; per request only
+    /// instantiation is left. `replace` swaps it whole: each request takes the
+    /// one current when it starts and keeps it to the end.
+    pre: ArcSwap<ProxyPre<RequestState>>,
     /// What every request's store is built with.
     sandbox: Sandbox,
     /// One permit per live instance (`--max-concurrent-requests`), held until
@@ -54,7 +56,7 @@ impl Handler {
     pub fn new(pre: ProxyPre<RequestState>, cli: &Cli) -> Self {
         let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
         Self {
-            pre,
+            pre: ArcSwap::from_pointee(pre),
             sandbox: Sandbox {
                 max_memory: to_usize(cli.max_memory.as_u64()),
                 max_fields_size: to_usize(cli.max_guest_fields_size.as_u64()),
@@ -74,17 +76,31 @@ impl Handler {
     /// limits, or traps in a start function) fails at startup rather than on
     /// every request.
     pub async fn check(&self) -> wasmtime::Result<()> {
-        let mut store = self.new_store();
+        self.try_instantiate(&self.pre.load()).await
+    }
+
+    /// Serves `pre` from now on, once it has instantiated; requests already
+    /// running finish on the component they started with. On error the
+    /// current component stays.
+    pub async fn replace(&self, pre: ProxyPre<RequestState>) -> wasmtime::Result<()> {
+        self.try_instantiate(&pre).await?;
+        self.pre.store(Arc::new(pre));
+        Ok(())
+    }
+
+    async fn try_instantiate(&self, pre: &ProxyPre<RequestState>) -> wasmtime::Result<()> {
+        let mut store = self.new_store(pre);
         let deadline = Instant::now() + self.request_timeout;
-        match tokio::time::timeout_at(deadline, self.pre.instantiate_async(&mut store)).await {
+        match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await {
             Ok(instance) => instance.map(drop),
             Err(_) => Err(wasmtime::Error::new(TimedOut(self.request_timeout))),
         }
     }
 
-    /// A fresh store with this server's limits, memory cap and epoch deadline.
-    fn new_store(&self) -> Store<RequestState> {
-        let mut store = Store::new(self.pre.engine(), RequestState::new(&self.sandbox));
+    /// A fresh store for `pre` with this server's limits, memory cap and
+    /// epoch deadline.
+    fn new_store(&self, pre: &ProxyPre<RequestState>) -> Store<RequestState> {
+        let mut store = Store::new(pre.engine(), RequestState::new(&self.sandbox));
         store.limiter(|state| &mut state.limiter);
         // At every epoch tick a running guest yields to the runtime, so other
         // requests share its thread and the request deadline fires even while
@@ -129,7 +145,8 @@ impl Handler {
         };
         let deadline = Instant::now() + self.request_timeout;
 
-        let mut store = self.new_store();
+        let pre = self.pre.load_full();
+        let mut store = self.new_store(&pre);
         let (parts, body) = request.into_parts();
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let (head_sender, mut head) = oneshot::channel();
@@ -145,7 +162,6 @@ impl Handler {
             Err(err) => return internal_error(format_args!("creating response-outparam: {err:#}")),
         };
 
-        let pre = self.pre.clone();
         let timeout = self.request_timeout;
         let mut instance = Instance {
             store,

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod component;
 pub mod handler;
 pub mod outbound;
+pub mod reload;
 pub mod request_body;
 pub mod server;
 pub mod state;

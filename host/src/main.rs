@@ -14,6 +14,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
 use wasi_http_server::handler::Handler;
+use wasi_http_server::reload::Reloader;
 use wasi_http_server::{component, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
@@ -64,17 +65,24 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
-    let (listener, shutdown) = runtime.block_on(async {
+    let (listener, shutdown, reloader) = runtime.block_on(async {
         let listener = TcpListener::bind(cli.addr)
             .await
             .with_context(|| format!("cannot listen on {}", cli.addr))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        anyhow::Ok((listener, shutdown))
+        let reloader = Reloader::new(engine, handler.clone(), cli.clone())
+            .context("installing the SIGHUP handler")?;
+        anyhow::Ok((listener, shutdown, reloader))
     })?;
     let workers = server::spawn(handler, cli.clone()).context("starting the worker threads")?;
     // The one line on stdout; scripts and tests wait for it.
     println!("Server running at http://{}/", listener.local_addr()?);
-    runtime.block_on(server::accept(listener, &workers, shutdown, &cli));
+    runtime.block_on(async {
+        tokio::select! {
+            () = server::accept(listener, &workers, shutdown, &cli) => {}
+            () = reloader.run() => {}
+        }
+    });
     workers.drain();
     Ok(())
 }

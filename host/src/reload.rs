@@ -1,0 +1,101 @@
+//! Reload without a restart: on SIGHUP, or with `--watch` when the component
+//! file changes, compile the new component in the background and, if it
+//! compiles, links and instantiates, send new requests to it; requests in
+//! flight finish on the old one. If anything fails, the old component keeps
+//! serving and the log says why.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info};
+use wasmtime::Engine;
+
+use crate::cli::Cli;
+use crate::component;
+use crate::handler::Handler;
+
+/// How often `--watch` looks at the component file. Polling size and mtime
+/// survives editors and deploy tools that replace the file by renaming
+/// another over it, which a watch on the file itself does not; half a second
+/// is quick for a person and nothing for the machine.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What `--watch` compares: a change in either means a new file.
+type Stamp = Option<(u64, SystemTime)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+/// Watches for the reasons to reload. Created before the server announces
+/// itself, so a SIGHUP sent right after the "Server running" line is seen.
+pub struct Reloader {
+    hangup: Signal,
+    engine: Engine,
+    handler: Arc<Handler>,
+    cli: Arc<Cli>,
+}
+
+impl Reloader {
+    pub fn new(engine: Engine, handler: Arc<Handler>, cli: Arc<Cli>) -> std::io::Result<Self> {
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            engine,
+            handler,
+            cli,
+        })
+    }
+
+    /// Reloads on every SIGHUP and, with `--watch`, every settled change of
+    /// the component file. Never returns.
+    pub async fn run(mut self) {
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        let mut current = stamp(&self.cli.component);
+        let mut changing: Option<Stamp> = None;
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => info!("SIGHUP received: reloading {}", self.cli.component.display()),
+                _ = ticks.tick(), if self.cli.watch => {
+                    let now = stamp(&self.cli.component);
+                    if now == current {
+                        changing = None;
+                        continue;
+                    }
+                    // Reload only once the file has held still for a tick, so
+                    // a copy in progress is not compiled half-written.
+                    if changing != Some(now) {
+                        changing = Some(now);
+                        continue;
+                    }
+                    info!("{} changed: reloading", self.cli.component.display());
+                }
+            }
+            current = stamp(&self.cli.component);
+            changing = None;
+            self.reload().await;
+        }
+    }
+
+    async fn reload(&self) {
+        let (engine, cli) = (self.engine.clone(), self.cli.clone());
+        let compiled = tokio::task::spawn_blocking(move || {
+            component::load(&engine, &cli.component, cli.cache_dir().as_deref())
+        })
+        .await;
+        let result = match compiled {
+            Ok(Ok(pre)) => self.handler.replace(pre).await,
+            Ok(Err(err)) => Err(err),
+            Err(panicked) => Err(wasmtime::format_err!("compiling panicked: {panicked}")),
+        };
+        match result {
+            Ok(()) => info!(
+                "reloaded {}: new requests go to the new component",
+                self.cli.component.display()
+            ),
+            Err(err) => error!("reload failed, still serving the previous component: {err:#}"),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Reload without a restart: `--watch` and SIGHUP swap in a new component
+//! while requests keep flowing; a broken file leaves the old one serving.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get};
+use hyper::StatusCode;
+
+/// A private copy of hello.wasm for one test, which the test then replaces.
+fn app(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("e2e-reload-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.wasm");
+    std::fs::copy(component("hello"), &path).unwrap();
+    path
+}
+
+/// Replaces `path` the way deploy tools do: write beside it, rename over it.
+fn replace(path: &Path, bytes: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// Requests `/` on `clients` keep-alive connections until every one has seen
+/// the testbed's answer or [`STEP_TIMEOUT`] passes; returns the answers that
+/// were neither hello's nor the testbed's, and how many requests were made.
+async fn load_until_testbed(addr: std::net::SocketAddr, clients: usize) -> (Vec<String>, usize) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut conn = Conn::http1(addr).await;
+                let (mut wrong, mut sent) = (Vec::new(), 0);
+                let deadline = Instant::now() + STEP_TIMEOUT;
+                while Instant::now() < deadline {
+                    let reply = conn.send("GET", "/", "").await;
+                    sent += 1;
+                    match (reply.status, reply.text()) {
+                        (StatusCode::OK, "testbed\n") => break,
+                        (StatusCode::OK, "Hello World\n") => {}
+                        (status, text) => wrong.push(format!("{status} {text:?}")),
+                    }
+                }
+                (wrong, sent)
+            })
+        })
+        .collect();
+    let (mut wrong, mut sent) = (Vec::new(), 0);
+    for task in tasks {
+        let (w, s) = task.await.unwrap();
+        wrong.extend(w);
+        sent += s;
+    }
+    (wrong, sent)
+}
+
+/// With `--watch`, replacing the file under continuous load swaps the
+/// component: every client moves from hello to the testbed, and not one
+/// request fails on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_swaps_under_load_without_failures() {
+    let path = app("watch");
+    let server = Server::start_path(&path, &["--watch"], &[]);
+    let load = tokio::spawn(load_until_testbed(server.addr, 4));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replace(&path, &std::fs::read(component("testbed")).unwrap());
+
+    let (wrong, sent) = load.await.unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} failed requests of {sent}: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    server
+        .wait_for_log("new requests go to the new component")
+        .await;
+    assert_eq!(get(server.addr, "/counter").await.text(), "1\n");
+}
+
+/// A broken replacement is refused: the log says why, and the old component
+/// keeps serving.
+#[tokio::test]
+async fn broken_replacement_keeps_the_old_component() {
+    let path = app("broken");
+    let server = Server::start_path(&path, &["--watch"], &[]);
+    replace(&path, b"not a component at all");
+    server
+        .wait_for_log("reload failed, still serving the previous component")
+        .await;
+    assert_hello(&get(server.addr, "/").await);
+}
+
+/// Without `--watch` a changed file is left alone until SIGHUP, which
+/// reloads it.
+#[tokio::test]
+async fn sighup_reloads_on_demand() {
+    let path = app("hup");
+    let server = Server::start_path(&path, &[], &[]);
+    replace(&path, &std::fs::read(component("testbed")).unwrap());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_hello(&get(server.addr, "/").await);
+
+    server.hangup();
+    server
+        .wait_for_log("new requests go to the new component")
+        .await;
+    let reply = get(server.addr, "/").await;
+    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "testbed\n"));
+}
