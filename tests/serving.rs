@@ -111,3 +111,40 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+/// The guest sees the request as wasi-http specifies it: method, scheme,
+/// authority (here from the `Host` header), path with query, and the headers
+/// minus hop-by-hop ones, including those the `Connection` header names.
+#[tokio::test]
+async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
+    let server = Server::start("testbed", &[]);
+    let mut client = e2e::RawClient::connect(server.addr).await;
+    client
+        .send(
+            b"PATCH /request?x=1&y=2 HTTP/1.1\r\nhost: example.test:8080\r\nx-kept: yes\r\n\
+              connection: close, x-hop\r\nx-hop: gone\r\nte: trailers\r\nkeep-alive: timeout=5\r\n\
+              content-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = client.read_to_close().await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    for expected in [
+        "method Method::Patch\n",
+        "scheme Some(Scheme::Http)\n",
+        "authority example.test:8080\n",
+        "path /request?x=1&y=2\n",
+        "header x-kept: yes\n",
+    ] {
+        assert!(answer.contains(expected), "no {expected:?} in {answer}");
+    }
+    for hop in [
+        "header connection",
+        "header x-hop",
+        "header te",
+        "header keep-alive",
+        "header host",
+    ] {
+        assert!(!answer.contains(hop), "{hop} reached the guest: {answer}");
+    }
+}

@@ -147,7 +147,8 @@ impl Handler {
 
         let pre = self.pre.load_full();
         let mut store = self.new_store(&pre);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        drop_connection_headers(&mut parts.headers);
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let (head_sender, mut head) = oneshot::channel();
         let mut http = store.data_mut().http();
@@ -237,6 +238,24 @@ impl Handler {
 struct Instance {
     store: Store<RequestState>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Removes the headers a client's `Connection` header names: they are
+/// hop-by-hop for this one connection (RFC 9110, 7.6.1) and not for the guest.
+/// The fixed hop-by-hop set is filtered by the wasi-http hooks.
+fn drop_connection_headers(headers: &mut header::HeaderMap) {
+    let Some(connection) = headers.get(header::CONNECTION) else {
+        return;
+    };
+    let named: Vec<header::HeaderName> = connection
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 /// The request's `content-length`, if it has a valid one.

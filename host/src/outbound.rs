@@ -1,16 +1,20 @@
-//! Outbound HTTP (`wasi:http/outgoing-handler`): denied unless the operator
-//! allowed the destination with `--allow-outbound`. A denied request fails
-//! inside the guest with the wasi:http error `HTTP-request-denied`; the host
-//! itself carries on.
+//! The wasi-http hooks of a request. Outbound HTTP
+//! (`wasi:http/outgoing-handler`) is denied unless the operator allowed the
+//! destination with `--allow-outbound`: a denied request fails inside the
+//! guest with the wasi:http error `HTTP-request-denied`, and the host carries
+//! on. Hop-by-hop headers never cross into or out of a guest.
 
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use hyper::http::uri::{Authority, Scheme};
-use hyper::http::{Request, Response, Uri};
+use hyper::http::{HeaderName, Request, Response, Uri, header};
 use tracing::warn;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
+    WasiHttpHooks,
+};
 
 /// One `--allow-outbound` entry: a host, and a port unless every port is
 /// allowed.
@@ -66,7 +70,21 @@ type SendResult = wasmtime_wasi_http::Result<(
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 )>;
 
+/// Headers that describe one connection, not the message (RFC 9110, 7.6.1):
+/// wasmtime-wasi-http's defaults plus the two it leaves out.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    DEFAULT_FORBIDDEN_HEADERS.contains(name) || name == header::TE || name == header::TRAILER
+}
+
 impl WasiHttpHooks for OutboundPolicy {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        is_hop_by_hop(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(is_hop_by_hop)
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,

@@ -17,6 +17,7 @@
 //! | `/loop` | spins forever without calling the host |
 //! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
+//! | `/request` | describes the request as the guest sees it, one line per field |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
 //! | anything else | `testbed\n` |
 
@@ -68,6 +69,22 @@ impl Guest for Testbed {
                 respond(response_out, format!("slept {ms} ms\n").as_bytes());
             }
             "/echo" => echo(request, response_out),
+            "/request" => {
+                let mut seen = format!(
+                    "method {:?}\nscheme {:?}\nauthority {}\npath {}\n",
+                    request.method(),
+                    request.scheme(),
+                    request.authority().unwrap_or_default(),
+                    path_with_query,
+                );
+                for (name, value) in request.headers().entries() {
+                    seen.push_str(&format!(
+                        "header {name}: {}\n",
+                        String::from_utf8_lossy(&value)
+                    ));
+                }
+                respond(response_out, seen.as_bytes());
+            }
             "/env" => {
                 let name: String = query_param(query, "name").unwrap_or_default();
                 match std::env::var(&name) {
