@@ -2,6 +2,7 @@
 //! `wasmtime serve hello.wasm` (which links only that world) accepts it.
 
 use e2e::component;
+use wasi_http_server::guest_output::RequestId;
 use wasi_http_server::state::{RequestState, Sandbox};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
@@ -21,7 +22,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         allowed_outbound: Vec::new().into(),
         env: Vec::new().into(),
     };
-    let mut store = Store::new(&engine, RequestState::new(&sandbox));
+    let mut store = Store::new(&engine, RequestState::new(&sandbox, RequestId::next()));
     pre.instantiate_async(&mut store).await?;
     Ok(())
 }

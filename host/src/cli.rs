@@ -35,6 +35,20 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Serve `/healthz` and `/metrics` (Prometheus text) on a listener of
+    /// their own, never on the guest's port. Off by default; given without an
+    /// address it takes 127.0.0.1:9090, loopback, as metrics are for the
+    /// operator, not the public.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Log one line per request (target `access`): id, method, path, status,
+    /// body bytes, total time and the guest's own time. Off by default, like
+    /// Caddy's and Envoy's: a line per request costs a `write` on the hot
+    /// path. The id also prefixes the guest's stdout and stderr lines.
+    #[arg(long)]
+    pub access_log: bool,
+
     /// On SIGINT or SIGTERM, how long in-flight requests may take to finish
     /// before the server exits anyway. Ten seconds covers any sane request while
     /// staying inside the usual 30 s grace period of process supervisors.

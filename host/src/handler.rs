@@ -30,6 +30,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::cli::Cli;
+use crate::guest_output::RequestId;
+use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::state::{RequestState, Sandbox};
 
@@ -89,7 +91,7 @@ impl Handler {
     }
 
     async fn try_instantiate(&self, pre: &ProxyPre<RequestState>) -> wasmtime::Result<()> {
-        let mut store = self.new_store(pre);
+        let mut store = self.new_store(pre, RequestId::next());
         let deadline = Instant::now() + self.request_timeout;
         match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await {
             Ok(instance) => instance.map(drop),
@@ -99,8 +101,8 @@ impl Handler {
 
     /// A fresh store for `pre` with this server's limits, memory cap and
     /// epoch deadline.
-    fn new_store(&self, pre: &ProxyPre<RequestState>) -> Store<RequestState> {
-        let mut store = Store::new(pre.engine(), RequestState::new(&self.sandbox));
+    fn new_store(&self, pre: &ProxyPre<RequestState>, id: RequestId) -> Store<RequestState> {
+        let mut store = Store::new(pre.engine(), RequestState::new(&self.sandbox, id));
         store.limiter(|state| &mut state.limiter);
         // At every epoch tick a running guest yields to the runtime, so other
         // requests share its thread and the request deadline fires even while
@@ -118,13 +120,13 @@ impl Handler {
     /// Runs `request` in a new instance. Never fails: whatever the guest does,
     /// the client gets a response (a 4xx or 5xx if the request or the guest
     /// failed before the guest set one) and the cause is logged.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    pub async fn handle<B>(&self, request: Request<B>, id: RequestId) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         if declared_length(&request).is_some_and(|len| len > self.max_body) {
-            return too_large(self.max_body);
+            return too_large(id, self.max_body);
         }
         // The common case takes a free permit without arming a timer.
         let permit = match self.instances.clone().try_acquire_owned() {
@@ -135,10 +137,11 @@ impl Handler {
                     Ok(Ok(permit)) => permit,
                     _ => {
                         warn!(
+                            %id,
                             "answered 503: no free instance slot within --queue-timeout ({:?})",
                             self.queue_timeout
                         );
-                        return plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+                        return plain(id, StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
                     }
                 }
             }
@@ -146,32 +149,38 @@ impl Handler {
         let deadline = Instant::now() + self.request_timeout;
 
         let pre = self.pre.load_full();
-        let mut store = self.new_store(&pre);
+        let mut store = self.new_store(&pre, id);
         let (mut parts, body) = request.into_parts();
         drop_connection_headers(&mut parts.headers);
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let (head_sender, mut head) = oneshot::channel();
         let mut http = store.data_mut().http();
-        let request =
-            match http.new_incoming_request(Scheme::Http, Request::from_parts(parts, body)) {
-                Ok(request) => request,
-                // In practice: neither an absolute URI nor a `Host` header.
-                Err(err) => return plain(StatusCode::BAD_REQUEST, format!("Bad Request: {err}\n")),
-            };
+        let request = match http
+            .new_incoming_request(Scheme::Http, Request::from_parts(parts, body))
+        {
+            Ok(request) => request,
+            // In practice: neither an absolute URI nor a `Host` header.
+            Err(err) => return plain(id, StatusCode::BAD_REQUEST, format!("Bad Request: {err}\n")),
+        };
         let response_out = match http.new_response_outparam(head_sender) {
             Ok(response_out) => response_out,
-            Err(err) => return internal_error(format_args!("creating response-outparam: {err:#}")),
+            Err(err) => {
+                return internal_error(id, format_args!("creating response-outparam: {err:#}"));
+            }
         };
 
         let timeout = self.request_timeout;
+        METRICS.instance_started();
         let mut instance = Instance {
             store,
             _permit: permit,
         };
-        let mut guest = GuestCall::Running(Box::pin(async move {
+        let mut guest = GuestCall::new(Box::pin(async move {
             let store = &mut instance.store;
             let run = async {
+                let started = std::time::Instant::now();
                 let proxy = pre.instantiate_async(&mut *store).await?;
+                METRICS.instantiated(started.elapsed());
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut *store, request, response_out)
@@ -191,6 +200,7 @@ impl Handler {
                 }
             };
             if store.data().limiter.hit {
+                METRICS.memory_limit_hit();
                 return result.map_err(|err| err.context(MemoryLimitHit));
             }
             result
@@ -208,26 +218,35 @@ impl Handler {
         })
         .await;
 
-        match head {
-            None => too_large(self.max_body),
-            Some(Ok(Ok(response))) => response.map(|body| ResponseBody::streaming(body, guest)),
-            Some(Ok(Err(code))) => {
-                internal_error(format_args!("the guest responded with an error: {code:?}"))
+        let busy = guest.busy;
+        let response = match head {
+            None => too_large(id, self.max_body),
+            Some(Ok(Ok(response))) => {
+                return response.map(|body| ResponseBody::streaming(body, guest, id));
             }
-            Some(Err(_)) => match guest {
-                GuestCall::Failed(err) if err.is::<TimedOut>() => {
-                    error!("answered 504: {err}");
-                    plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+            Some(Ok(Err(code))) => internal_error(
+                id,
+                format_args!("the guest responded with an error: {code:?}"),
+            ),
+            Some(Err(_)) => match guest.state {
+                Call::Failed(err) if err.is::<TimedOut>() => {
+                    error!(%id, "answered 504: {err}");
+                    plain(id, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
                 }
-                GuestCall::Failed(err) => internal_error(format_args!("the guest failed: {err:#}")),
-                GuestCall::Returned => internal_error(format_args!(
-                    "the guest returned without setting a response"
-                )),
-                GuestCall::Running(_) => internal_error(format_args!(
-                    "the guest dropped response-outparam without setting a response"
-                )),
+                Call::Failed(err) => internal_error(id, format_args!("the guest failed: {err:#}")),
+                Call::Returned => internal_error(
+                    id,
+                    format_args!("the guest returned without setting a response"),
+                ),
+                Call::Running(_) => internal_error(
+                    id,
+                    format_args!("the guest dropped response-outparam without setting a response"),
+                ),
             },
-        }
+        };
+        let mut response = response;
+        response.body_mut().guest_busy = busy;
+        response
     }
 }
 
@@ -238,6 +257,12 @@ impl Handler {
 struct Instance {
     store: Store<RequestState>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        METRICS.instance_ended();
+    }
 }
 
 /// Removes the headers a client's `Connection` header names: they are
@@ -295,25 +320,49 @@ impl fmt::Display for MemoryLimitHit {
     }
 }
 
-/// The state of one guest's `handle` call.
-enum GuestCall {
+/// One guest's `handle` call and the time spent running it.
+struct GuestCall {
+    state: Call,
+    /// Time spent inside `poll` of the call: the guest's own work and the host
+    /// calls it makes, not the time it waited.
+    busy: Duration,
+}
+
+enum Call {
     Running(Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>),
     Returned,
     Failed(wasmtime::Error),
 }
 
 impl GuestCall {
+    fn new(call: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>) -> Self {
+        Self {
+            state: Call::Running(call),
+            busy: Duration::ZERO,
+        }
+    }
+
     /// Makes progress on the call if it is still running; the outcome is
     /// recorded in `self`. The store is dropped before this returns, so every
     /// channel the guest held is closed by the time a caller looks at them.
     fn poll(&mut self, cx: &mut Context<'_>) {
-        if let Self::Running(call) = self
-            && let Poll::Ready(result) = call.as_mut().poll(cx)
-        {
-            *self = match result {
-                Ok(()) => Self::Returned,
-                Err(err) => Self::Failed(err),
-            };
+        if let Call::Running(call) = &mut self.state {
+            let started = std::time::Instant::now();
+            let poll = call.as_mut().poll(cx);
+            self.busy += started.elapsed();
+            if let Poll::Ready(result) = poll {
+                self.state = match result {
+                    Ok(()) => Call::Returned,
+                    Err(err) => {
+                        if err.is::<TimedOut>() {
+                            METRICS.timeout();
+                        } else {
+                            METRICS.trap();
+                        }
+                        Call::Failed(err)
+                    }
+                };
+            }
         }
     }
 }
@@ -325,18 +374,30 @@ pub struct ResponseBody {
     inner: HyperOutgoingBody,
     /// The call that writes `inner`; polled alongside it.
     guest: GuestCall,
+    /// The request's id, for the log lines this body may write.
+    id: RequestId,
+    /// Time the guest ran before this body took over its call (a body the
+    /// host wrote after the guest failed has only this).
+    guest_busy: Duration,
     /// Set once `inner` has ended, so that `drop` can tell a finished response
     /// from one whose client went away.
     ended: bool,
 }
 
 impl ResponseBody {
-    fn streaming(inner: HyperOutgoingBody, guest: GuestCall) -> Self {
+    fn streaming(inner: HyperOutgoingBody, guest: GuestCall, id: RequestId) -> Self {
         Self {
             inner,
             guest,
+            id,
+            guest_busy: Duration::ZERO,
             ended: false,
         }
+    }
+
+    /// How long the guest has run for this request so far.
+    pub fn guest_time(&self) -> Duration {
+        self.guest_busy + self.guest.busy
     }
 }
 
@@ -355,11 +416,11 @@ impl Body for ResponseBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.ended = true;
-                if let GuestCall::Failed(err) = &this.guest {
+                if let Call::Failed(err) = &this.guest.state {
                     // An error here makes hyper abort the response (no final
                     // chunk in HTTP/1, RST_STREAM in HTTP/2) so the client sees
                     // it was cut off, not a short but complete body.
-                    warn!("the guest failed while writing the response body; cut it off: {err:#}");
+                    warn!(id = %this.id, "the guest failed while writing the response body; cut it off: {err:#}");
                     return Poll::Ready(Some(Err("the guest failed mid-response".into())));
                 }
                 Poll::Ready(None)
@@ -377,13 +438,13 @@ impl Drop for ResponseBody {
         // dropped before its end means the client went away, and the guest is
         // cancelled with it.
         if self.ended
-            && let GuestCall::Running(call) =
-                std::mem::replace(&mut self.guest, GuestCall::Returned)
+            && let Call::Running(call) = std::mem::replace(&mut self.guest.state, Call::Returned)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
+            let id = self.id;
             runtime.spawn(async move {
                 if let Err(err) = call.await {
-                    warn!("the guest failed after finishing its response: {err:#}");
+                    warn!(%id, "the guest failed after finishing its response: {err:#}");
                 }
             });
         }
@@ -391,11 +452,15 @@ impl Drop for ResponseBody {
 }
 
 /// A response the host writes itself.
-fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
+fn plain(id: RequestId, status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
     let body = Full::new(text.into())
         .map_err(|never| match never {})
         .boxed_unsync();
-    let mut response = Response::new(ResponseBody::streaming(body, GuestCall::Returned));
+    let returned = GuestCall {
+        state: Call::Returned,
+        busy: Duration::ZERO,
+    };
+    let mut response = Response::new(ResponseBody::streaming(body, returned, id));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -404,14 +469,18 @@ fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
     response
 }
 
-fn too_large(max_body: u64) -> Response<ResponseBody> {
-    warn!("answered 413: request body over --max-body ({max_body} bytes)");
-    plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
+fn too_large(id: RequestId, max_body: u64) -> Response<ResponseBody> {
+    warn!(%id, "answered 413: request body over --max-body ({max_body} bytes)");
+    plain(id, StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
 }
 
 /// Logs why a request failed and gives the client a 500 that says no more
 /// than that: guest internals stay in the log.
-fn internal_error(cause: std::fmt::Arguments<'_>) -> Response<ResponseBody> {
-    error!("answered 500: {cause}");
-    plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+fn internal_error(id: RequestId, cause: std::fmt::Arguments<'_>) -> Response<ResponseBody> {
+    error!(%id, "answered 500: {cause}");
+    plain(
+        id,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error\n",
+    )
 }

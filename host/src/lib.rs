@@ -7,10 +7,13 @@
 //! everything that can be done once (engine, compilation, linking) at startup;
 //! [`state`] is what each instance's `Store` holds.
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod component;
+pub mod guest_output;
 pub mod handler;
+pub mod metrics;
 pub mod outbound;
 pub mod reload;
 pub mod request_body;

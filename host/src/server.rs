@@ -19,8 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -30,7 +31,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cli::Cli;
-use crate::handler::Handler;
+use crate::guest_output::RequestId;
+use crate::handler::{Handler, ResponseBody};
+use crate::metrics::METRICS;
 
 /// How long to pause after a failed `accept` (typically EMFILE: out of file
 /// descriptors) before trying again, so the loop does not spin while
@@ -177,14 +180,22 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
         let activity = Arc::new(Activity::new());
         let handler = handler.clone();
         let tracker = activity.clone();
-        let service = service_fn(move |request| {
+        let access_log = cli.access_log;
+        let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
             let in_flight = InFlight::start(tracker.clone());
+            let id = RequestId::next();
+            let access = access_log.then(|| Access::start(id, &request));
+            let started = Instant::now();
             async move {
-                let response = handler.handle(request).await;
+                let response = handler.handle(request, id).await;
+                let status = response.status();
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
                     _in_flight: in_flight,
+                    status,
+                    started,
+                    access,
                 }))
             }
         });
@@ -273,21 +284,56 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until hyper
-/// is done with it.
-struct Tracked<B> {
-    body: B,
+/// is done with it, and then counts it in the metrics and writes its
+/// access-log line.
+struct Tracked {
+    body: ResponseBody,
     _in_flight: InFlight,
+    status: StatusCode,
+    started: Instant,
+    access: Option<Access>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+/// What the access-log line of one request says, beyond status and time.
+struct Access {
+    id: RequestId,
+    method: Method,
+    path: String,
+    bytes: u64,
+}
+
+impl Access {
+    fn start<B>(id: RequestId, request: &Request<B>) -> Self {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        Self {
+            id,
+            method: request.method().clone(),
+            path,
+            bytes: 0,
+        }
+    }
+}
+
+impl Body for Tracked {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = <ResponseBody as Body>::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(access), Poll::Ready(Some(Ok(frame)))) = (&mut this.access, &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            access.bytes += data.len() as u64;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -296,5 +342,27 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    /// hyper drops the body when the response is sent or abandoned: that is
+    /// the request's end.
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        METRICS.request(self.status.as_u16(), elapsed);
+        if let Some(access) = &self.access {
+            info!(
+                target: "access",
+                id = %access.id,
+                status = self.status.as_u16(),
+                bytes = access.bytes,
+                total_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1e3),
+                guest_ms = %format_args!("{:.3}", self.body.guest_time().as_secs_f64() * 1e3),
+                "{} {}",
+                access.method,
+                access.path,
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::guest_output::{GuestOutput, RequestId};
 use crate::outbound::{Destination, OutboundPolicy};
 
 /// Largest table (of function references) an instance may grow. Compilers
@@ -51,7 +52,7 @@ pub struct RequestState {
 }
 
 impl RequestState {
-    pub fn new(sandbox: &Sandbox) -> Self {
+    pub fn new(sandbox: &Sandbox, id: RequestId) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(sandbox.max_resources);
         let mut http = WasiHttpCtx::new();
@@ -59,11 +60,12 @@ impl RequestState {
         Self {
             table,
             // The guest's stdout and stderr go to the server's stderr, where the
-            // logs are: stdout carries only the "Server running" line. Network
-            // access through wasi:sockets stays at WASI's default: denied.
+            // logs are, a line at a time with the request id: stdout carries
+            // only the "Server running" line. Network access through
+            // wasi:sockets stays at WASI's default: denied.
             wasi: WasiCtx::builder()
-                .stdout(wasmtime_wasi::cli::stderr())
-                .inherit_stderr()
+                .stdout(GuestOutput::new(id, "stdout"))
+                .stderr(GuestOutput::new(id, "stderr"))
                 .max_random_size(MAX_RANDOM_BYTES)
                 .envs(&sandbox.env)
                 .build(),

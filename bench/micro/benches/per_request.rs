@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use wasi_http_server::cli::Cli;
 use wasi_http_server::component;
+use wasi_http_server::guest_output::RequestId;
 use wasi_http_server::handler::Handler;
 
 fn per_request(c: &mut Criterion) {
@@ -30,7 +31,7 @@ fn per_request(c: &mut Criterion) {
             let request = Request::get("http://bench.local/")
                 .body(Empty::<Bytes>::new())
                 .expect("valid request");
-            let response = handler.handle(request).await;
+            let response = handler.handle(request, RequestId::next()).await;
             let body = response.into_body().collect().await.expect("whole body");
             assert_eq!(body.to_bytes(), "Hello World\n");
         })

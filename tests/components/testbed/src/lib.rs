@@ -18,6 +18,7 @@
 //! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
 //! | `/request` | describes the request as the guest sees it, one line per field |
+//! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
 //! | anything else | `testbed\n` |
 
@@ -69,6 +70,21 @@ impl Guest for Testbed {
                 respond(response_out, format!("slept {ms} ms\n").as_bytes());
             }
             "/echo" => echo(request, response_out),
+            "/print" => {
+                use std::io::Write;
+                let token: String = query_param(query, "token").unwrap_or_default();
+                let lines: u32 = query_param(query, "lines").unwrap_or(1);
+                let mut out = std::io::stdout();
+                for i in 0..lines {
+                    // Two separate writes per line: the host must join them.
+                    write!(out, "line {i} ").expect("stdout");
+                    out.flush().expect("stdout");
+                    writeln!(out, "from {token}").expect("stdout");
+                    out.flush().expect("stdout");
+                }
+                eprintln!("stderr from {token}");
+                respond(response_out, b"printed\n");
+            }
             "/request" => {
                 let mut seen = format!(
                     "method {:?}\nscheme {:?}\nauthority {}\npath {}\n",
