@@ -70,6 +70,8 @@ pub fn component(name: &str) -> PathBuf {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin endpoint's address, when started with `--admin-addr`.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -110,22 +112,32 @@ impl Server {
         });
 
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading the server's stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("Server running at http://")
-            .and_then(|rest| rest.strip_suffix('/'))
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
-        Server { child, addr, log }
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let mut line = String::new();
+            stdout
+                .read_line(&mut line)
+                .expect("reading the server's stdout");
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix('/'))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "expected {prefix:?}, got {line:?}; log:\n{}",
+                        log.lock().unwrap()
+                    )
+                })
+        };
+        let addr = read_addr("Server running at http://");
+        let admin = args
+            .contains(&"--admin-addr")
+            .then(|| read_addr("Admin endpoint at http://"));
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     /// Everything the server has written to stderr so far.

@@ -14,7 +14,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
 use wasi_http_server::handler::Handler;
-use wasi_http_server::reload::Reloader;
+use wasi_http_server::reload::{self, Reloader};
 use wasi_http_server::{component, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
@@ -47,6 +47,7 @@ fn run(cli: Cli) -> Result<()> {
     let cli = Arc::new(cli);
     // Compile and link before listening: a bad component never gets a port.
     let engine = component::engine(&cli)?;
+    let loaded = reload::stamp(&cli.component);
     let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
     let handler = Arc::new(Handler::new(pre, &cli));
 
@@ -65,18 +66,31 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
-    let (listener, shutdown, reloader) = runtime.block_on(async {
+    let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let listener = TcpListener::bind(cli.addr)
             .await
             .with_context(|| format!("cannot listen on {}", cli.addr))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engine, handler.clone(), cli.clone())
+        let reloader = Reloader::new(engine, handler.clone(), cli.clone(), loaded)
             .context("installing the SIGHUP handler")?;
-        anyhow::Ok((listener, shutdown, reloader))
+        let admin = match cli.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?,
+            ),
+            None => None,
+        };
+        anyhow::Ok((listener, shutdown, reloader, admin))
     })?;
     let workers = server::spawn(handler, cli.clone()).context("starting the worker threads")?;
-    // The one line on stdout; scripts and tests wait for it.
+    // The first line on stdout; scripts and tests wait for it. With
+    // --admin-addr a second line gives the admin endpoint's address.
     println!("Server running at http://{}/", listener.local_addr()?);
+    if let Some(admin) = admin {
+        println!("Admin endpoint at http://{}/", admin.local_addr()?);
+        runtime.spawn(wasi_http_server::admin::serve(admin));
+    }
     runtime.block_on(async {
         tokio::select! {
             () = server::accept(listener, &workers, shutdown, &cli) => {}

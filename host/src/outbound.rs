@@ -11,6 +11,8 @@ use std::sync::Arc;
 use hyper::http::uri::{Authority, Scheme};
 use hyper::http::{HeaderName, Request, Response, Uri, header};
 use tracing::warn;
+
+use crate::metrics::METRICS;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
@@ -93,6 +95,7 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         if !self.allowed.iter().any(|d| d.allows(request.uri())) {
             warn!(uri = %request.uri(), "outbound request denied (see --allow-outbound)");
+            METRICS.outbound_denied();
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         // What wasmtime-wasi-http does by default, which we cannot call

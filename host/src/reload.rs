@@ -23,9 +23,11 @@ use crate::handler::Handler;
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What `--watch` compares: a change in either means a new file.
-type Stamp = Option<(u64, SystemTime)>;
+pub type Stamp = Option<(u64, SystemTime)>;
 
-fn stamp(path: &Path) -> Stamp {
+/// The component file's stamp now; taken before a load, so that a change
+/// made while it compiles is seen.
+pub fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
@@ -34,15 +36,25 @@ fn stamp(path: &Path) -> Stamp {
 /// itself, so a SIGHUP sent right after the "Server running" line is seen.
 pub struct Reloader {
     hangup: Signal,
+    /// The stamp of the file the current component was loaded from.
+    loaded: Stamp,
     engine: Engine,
     handler: Arc<Handler>,
     cli: Arc<Cli>,
 }
 
 impl Reloader {
-    pub fn new(engine: Engine, handler: Arc<Handler>, cli: Arc<Cli>) -> std::io::Result<Self> {
+    /// `loaded` is the file's stamp from before the running component was
+    /// compiled, so a change made while it compiled is not missed.
+    pub fn new(
+        engine: Engine,
+        handler: Arc<Handler>,
+        cli: Arc<Cli>,
+        loaded: Stamp,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             hangup: signal(SignalKind::hangup())?,
+            loaded,
             engine,
             handler,
             cli,
@@ -53,7 +65,7 @@ impl Reloader {
     /// the component file. Never returns.
     pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-        let mut current = stamp(&self.cli.component);
+        let mut current = self.loaded;
         let mut changing: Option<Stamp> = None;
         loop {
             tokio::select! {

@@ -1,0 +1,140 @@
+//! The server's metrics, in the OpenMetrics text format Prometheus scrapes,
+//! on the admin endpoint.
+//!
+//! One set per process, like the process itself: a static keeps the request
+//! path free of reference counting, and every update is an atomic operation.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by status class (1xx..5xx), indexed by class - 1.
+    requests: [Counter; 5],
+    request_duration: Histogram,
+    instantiation_duration: Histogram,
+    instances_in_flight: Gauge,
+    traps: Counter,
+    timeouts: Counter,
+    memory_limit_hits: Counter,
+    outbound_denied: Counter,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasi_http_server");
+        let by_class = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        // One handle per class, taken once: counting a request is then an
+        // atomic add, without the family's lookup.
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| by_class.get_or_create(&vec![("class", class)]).clone());
+        registry.register("requests", "Requests answered, by status class", by_class);
+        // 10 us to about 40 s: hello takes tens of microseconds, a guest at
+        // its deadline takes `--request-timeout`.
+        let request_duration = Histogram::new(exponential_buckets(1e-5, 4.0, 12));
+        // 1 us to about 1 s.
+        let instantiation_duration = Histogram::new(exponential_buckets(1e-6, 4.0, 11));
+        let metrics = Self {
+            requests,
+            request_duration,
+            instantiation_duration,
+            instances_in_flight: Gauge::default(),
+            traps: Counter::default(),
+            timeouts: Counter::default(),
+            memory_limit_hits: Counter::default(),
+            outbound_denied: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response body",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "instantiation_duration_seconds",
+            "Time to instantiate the component for one request",
+            metrics.instantiation_duration.clone(),
+        );
+        registry.register(
+            "instances_in_flight",
+            "Instances alive now, one per request being served",
+            metrics.instances_in_flight.clone(),
+        );
+        registry.register(
+            "guest_traps",
+            "Guest calls that trapped or failed",
+            metrics.traps.clone(),
+        );
+        registry.register(
+            "guest_timeouts",
+            "Guests stopped at --request-timeout",
+            metrics.timeouts.clone(),
+        );
+        registry.register(
+            "memory_limit_hits",
+            "Memory growths refused at --max-memory",
+            metrics.memory_limit_hits.clone(),
+        );
+        registry.register(
+            "outbound_denied",
+            "Outbound HTTP requests denied (see --allow-outbound)",
+            metrics.outbound_denied.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Everything, in the OpenMetrics text format that Prometheus scrapes.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn request(&self, status: u16, duration: Duration) {
+        if let Some(counter) = self.requests.get(usize::from(status / 100).wrapping_sub(1)) {
+            counter.inc();
+        }
+        self.request_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn instantiated(&self, duration: Duration) {
+        self.instantiation_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn instance_started(&self) {
+        self.instances_in_flight.inc();
+    }
+
+    pub fn instance_ended(&self) {
+        self.instances_in_flight.dec();
+    }
+
+    pub fn trap(&self) {
+        self.traps.inc();
+    }
+
+    pub fn timeout(&self) {
+        self.timeouts.inc();
+    }
+
+    pub fn memory_limit_hit(&self) {
+        self.memory_limit_hits.inc();
+    }
+
+    pub fn outbound_denied(&self) {
+        self.outbound_denied.inc();
+    }
+}

@@ -1,0 +1,143 @@
+//! The admin endpoint: `/healthz`, and `/metrics` in Prometheus text format
+//! whose counters move with the traffic, on a port of its own.
+
+use std::collections::HashMap;
+
+use e2e::{Server, get};
+use hyper::StatusCode;
+
+/// Parses the OpenMetrics text Prometheus scrapes: `# HELP` / `# TYPE`
+/// lines, declared once per family, `name{labels} value` samples, and a final
+/// `# EOF`; panics on anything else. Returns the samples by `name{labels}`.
+fn parse(text: &str) -> HashMap<String, f64> {
+    assert!(text.ends_with("# EOF\n"), "no # EOF at the end");
+    let mut samples = HashMap::new();
+    let mut declared = std::collections::HashSet::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            assert!(
+                declared.insert(line.to_string()),
+                "declared twice: {line:?}"
+            );
+            continue;
+        }
+        if line == "# EOF" {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert!(
+            name_end == series.len() || series.ends_with('}'),
+            "bad labels in {line:?}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+async fn metrics(server: &Server) -> HashMap<String, f64> {
+    let reply = get(server.admin.expect("started with --admin-addr"), "/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    parse(reply.text())
+}
+
+/// `/healthz` is 200 once the server runs; `/metrics` parses as OpenMetrics
+/// text and its counters follow the traffic: requests by class, durations,
+/// instantiations, traps, timeouts, memory-limit hits, denied outbound
+/// requests. The guest's own `/metrics` is still the guest's.
+#[tokio::test]
+async fn metrics_follow_the_traffic() {
+    let server = Server::start(
+        "testbed",
+        &[
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--request-timeout",
+            "300ms",
+            "--max-memory",
+            "16MiB",
+        ],
+    );
+    let admin = server.admin.unwrap();
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    let before = metrics(&server).await;
+
+    for path in ["/metrics", "/", "/counter"] {
+        assert_eq!(
+            get(server.addr, path).await.text(),
+            if path == "/counter" {
+                "1\n"
+            } else {
+                "testbed\n"
+            }
+        );
+    }
+    assert_eq!(
+        get(server.addr, "/trap").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        get(server.addr, "/loop").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        get(server.addr, "/alloc?mb=64").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let outbound = format!("/outbound?authority={}", server.addr);
+    assert_eq!(
+        get(server.addr, &outbound).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let after = metrics(&server).await;
+    let moved = |series: &str| {
+        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    };
+    assert_eq!(
+        moved(r#"wasi_http_server_requests_total{class="2xx"}"#),
+        3.0,
+        "{after:?}"
+    );
+    assert_eq!(
+        moved(r#"wasi_http_server_requests_total{class="5xx"}"#),
+        4.0,
+        "{after:?}"
+    );
+    assert_eq!(
+        moved("wasi_http_server_request_duration_seconds_count"),
+        7.0
+    );
+    assert_eq!(
+        moved("wasi_http_server_instantiation_duration_seconds_count"),
+        7.0
+    );
+    assert_eq!(
+        moved("wasi_http_server_guest_traps_total"),
+        2.0,
+        "the trap and the memory hog"
+    );
+    assert_eq!(moved("wasi_http_server_guest_timeouts_total"), 1.0);
+    assert_eq!(moved("wasi_http_server_memory_limit_hits_total"), 1.0);
+    assert_eq!(moved("wasi_http_server_outbound_denied_total"), 1.0);
+    assert_eq!(after["wasi_http_server_instances_in_flight"], 0.0);
+}
