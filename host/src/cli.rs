@@ -35,10 +35,10 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Serve `/healthz` and `/metrics` (Prometheus text) on a listener of
-    /// their own, never on the guest's port. Off by default; given without an
-    /// address it takes 127.0.0.1:9090, loopback, as metrics are for the
-    /// operator, not the public.
+    /// Serve `/healthz` and `/metrics` (OpenMetrics text, which Prometheus
+    /// scrapes) on a listener of their own, never on the guest's port. Off by
+    /// default; given without an address it takes 127.0.0.1:9090, loopback, as
+    /// metrics are for the operator, not the public.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
     pub admin_addr: Option<SocketAddr>,
 
