@@ -148,3 +148,18 @@ async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
         assert!(!answer.contains(hop), "{hop} reached the guest: {answer}");
     }
 }
+
+/// With an absolute URI in the request line, the guest's authority comes
+/// from the URI rather than the `Host` header.
+#[tokio::test]
+async fn authority_comes_from_an_absolute_uri() {
+    let server = Server::start("testbed", &[]);
+    let mut client = e2e::RawClient::connect(server.addr).await;
+    client
+        .send(b"GET http://from-uri.test:9/request HTTP/1.1\r\nhost: from-header.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = client.read_to_close().await;
+    assert!(answer.contains("authority from-uri.test:9\n"), "{answer}");
+    assert!(answer.contains("path /request\n"), "{answer}");
+}
