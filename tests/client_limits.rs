@@ -154,15 +154,27 @@ async fn streamed_body_over_the_limit_is_413() {
     assert!(!answer.contains("bytes\n"), "{answer}");
 }
 
-/// A client that disconnects mid-request drops its instance: with one
-/// instance slot, the next request is served instead of waiting out the
-/// abandoned guest's minute (and getting 503 after the 2 s queue timeout).
-#[tokio::test]
-async fn disconnect_mid_request_frees_the_instance() {
-    let server = Server::start(
+/// A server with a single instance slot and a 2 s queue timeout.
+fn one_slot_server() -> Server {
+    Server::start(
         "testbed",
         &["--max-concurrent-requests", "1", "--queue-timeout", "2s"],
-    );
+    )
+}
+
+/// Asserts the single instance slot is free again: a new request is served.
+/// Had the abandoned guest kept its instance (it would run for a minute), the
+/// request would get 503 after the queue timeout.
+async fn assert_slot_free(server: &Server) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = get(server.addr, "/counter").await;
+    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "1\n"));
+}
+
+/// A client that disconnects mid-request drops its instance.
+#[tokio::test]
+async fn disconnect_mid_request_frees_the_instance() {
+    let server = one_slot_server();
     let mut client = RawClient::connect(server.addr).await;
     client
         .send(b"GET /sleep?ms=60000 HTTP/1.1\r\nhost: test\r\n\r\n")
@@ -170,18 +182,13 @@ async fn disconnect_mid_request_frees_the_instance() {
         .unwrap();
     server.wait_for_log("sleep: start 60000 ms").await;
     drop(client);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let reply = get(server.addr, "/counter").await;
-    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "1\n"));
+    assert_slot_free(&server).await;
 }
 
 /// A client that disconnects mid-response drops its instance too.
 #[tokio::test]
 async fn disconnect_mid_response_frees_the_instance() {
-    let server = Server::start(
-        "testbed",
-        &["--max-concurrent-requests", "1", "--queue-timeout", "2s"],
-    );
+    let server = one_slot_server();
     let mut client = RawClient::connect(server.addr).await;
     client
         .send(b"GET /stream?chunks=600&ms=100 HTTP/1.1\r\nhost: test\r\n\r\n")
@@ -189,7 +196,5 @@ async fn disconnect_mid_response_frees_the_instance() {
         .unwrap();
     assert!(client.read_some().await.starts_with("HTTP/1.1 200 "));
     drop(client);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reply = get(server.addr, "/counter").await;
-    assert_eq!((reply.status, reply.text()), (StatusCode::OK, "1\n"));
+    assert_slot_free(&server).await;
 }

@@ -69,26 +69,30 @@ impl Metrics {
             "Instances alive now, one per request being served",
             metrics.instances_in_flight.clone(),
         );
-        registry.register(
-            "guest_traps",
-            "Guest calls that trapped or failed",
-            metrics.traps.clone(),
-        );
-        registry.register(
-            "guest_timeouts",
-            "Guests stopped at --request-timeout",
-            metrics.timeouts.clone(),
-        );
-        registry.register(
-            "memory_limit_hits",
-            "Memory growths refused at --max-memory",
-            metrics.memory_limit_hits.clone(),
-        );
-        registry.register(
-            "outbound_denied",
-            "Outbound HTTP requests denied (see --allow-outbound)",
-            metrics.outbound_denied.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "guest_traps",
+                "Guest calls that trapped or failed",
+                &metrics.traps,
+            ),
+            (
+                "guest_timeouts",
+                "Guests stopped at --request-timeout",
+                &metrics.timeouts,
+            ),
+            (
+                "memory_limit_hits",
+                "Memory growths refused at --max-memory",
+                &metrics.memory_limit_hits,
+            ),
+            (
+                "outbound_denied",
+                "Outbound HTTP requests denied (see --allow-outbound)",
+                &metrics.outbound_denied,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Self {
             registry,
             ..metrics
