@@ -105,6 +105,22 @@ pub struct Cli {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A connection whose responses are waiting on a client that takes none
+    /// of their bytes for this long is closed, and the guests writing them
+    /// are stopped (their instance slots freed). A client that is reading
+    /// takes something within a few round trips; ten seconds without a byte
+    /// is one that stopped, and is well inside `--request-timeout`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// HTTP/2 streams (requests) one connection may have in flight. Each is
+    /// an instance, so one connection must not be able to hold every
+    /// instance slot: 32 is a quarter of the default
+    /// `--max-concurrent-requests`, and above what browsers keep in flight
+    /// on one connection. (HTTP/1.1 connections have one at a time.)
+    #[arg(long, default_value_t = 32)]
+    pub max_streams_per_connection: u32,
+
     /// Largest request head (request line and headers) accepted; a larger one
     /// gets 431. 64 KiB is above what browsers send and what common proxies
     /// accept (nginx: 32 KiB).

@@ -1,39 +1,41 @@
-//! One request, one instance: builds a fresh `Store`, instantiates the
-//! pre-linked component in it, calls `wasi:http/incoming-handler.handle`, and
-//! turns what the guest does into a hyper response.
-//!
-//! The guest's call is not spawned onto a task of its own. It is polled by the
-//! request future until the guest sets the response head, then by the response
-//! body while the guest streams it; this keeps the hot path free of a spawn,
-//! and a client that goes away drops (and so cancels) the instance with it.
+//! One request, one instance: takes an instance slot, builds a fresh
+//! `Store`, hands the request to the guest's `wasi:http/incoming-handler`
+//! call (run by [`crate::guest_task`]) and turns what the guest does into a
+//! hyper response (written by [`crate::response`]).
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame};
+use hyper::body::Body;
 use hyper::{Request, Response, StatusCode, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
-use tracing::{error, warn};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::cli::Cli;
 use crate::guest_output::RequestId;
+use crate::guest_task::{self, GuestTask, Shared, TimedOut};
 use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
+use crate::response::{self, ResponseBody};
 use crate::state::{RequestState, Sandbox};
+
+/// How long a response must have waited on its client before a request
+/// that finds every instance slot taken may cut it off and take its slot.
+/// A client that is reading comes back for more within a round trip; half a
+/// second without taking a byte, while others queue, is a client that has
+/// stopped. Short enough that the request waiting gets its slot well within
+/// the default `--queue-timeout` (1 s).
+const EVICTION_GRACE: Duration = Duration::from_millis(500);
 
 /// Serves requests with fresh instances of one pre-linked component.
 pub struct Handler {
@@ -90,7 +92,13 @@ impl Handler {
         Ok(())
     }
 
+    /// Instantiates `pre` once and drops it, holding an instance slot like a
+    /// request does: the pool has exactly one set of resources per slot, so
+    /// without one this could take a request's, or find none free.
     async fn try_instantiate(&self, pre: &ProxyPre<RequestState>) -> wasmtime::Result<()> {
+        let Ok(_permit) = self.instances.clone().acquire_owned().await else {
+            wasmtime::bail!("the instance slots are closed");
+        };
         let mut store = self.new_store(pre, RequestId::next());
         let deadline = Instant::now() + self.request_timeout;
         match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await {
@@ -126,25 +134,10 @@ impl Handler {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         if declared_length(&request).is_some_and(|len| len > self.max_body) {
-            return too_large(id, self.max_body);
+            return response::too_large(id, self.max_body, None);
         }
-        // The common case takes a free permit without arming a timer.
-        let permit = match self.instances.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let wait = self.instances.clone().acquire_owned();
-                match tokio::time::timeout(self.queue_timeout, wait).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        warn!(
-                            %id,
-                            "answered 503: no free instance slot within --queue-timeout ({:?})",
-                            self.queue_timeout
-                        );
-                        return plain(id, StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
-                    }
-                }
-            }
+        let Some(permit) = self.slot().await else {
+            return response::unavailable(id, self.queue_timeout);
         };
         let deadline = Instant::now() + self.request_timeout;
 
@@ -155,17 +148,26 @@ impl Handler {
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let (head_sender, mut head) = oneshot::channel();
         let mut http = store.data_mut().http();
-        let request = match http
-            .new_incoming_request(Scheme::Http, Request::from_parts(parts, body))
-        {
-            Ok(request) => request,
-            // In practice: neither an absolute URI nor a `Host` header.
-            Err(err) => return plain(id, StatusCode::BAD_REQUEST, format!("Bad Request: {err}\n")),
-        };
+        let request =
+            match http.new_incoming_request(Scheme::Http, Request::from_parts(parts, body)) {
+                Ok(request) => request,
+                // In practice: neither an absolute URI nor a `Host` header.
+                Err(err) => {
+                    return response::plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("Bad Request: {err}\n"),
+                        None,
+                    );
+                }
+            };
         let response_out = match http.new_response_outparam(head_sender) {
             Ok(response_out) => response_out,
             Err(err) => {
-                return internal_error(id, format_args!("creating response-outparam: {err:#}"));
+                return response::internal_error(
+                    id,
+                    format_args!("creating response-outparam: {err:#}"),
+                    None,
+                );
             }
         };
 
@@ -175,7 +177,9 @@ impl Handler {
             store,
             _permit: permit,
         };
-        let mut guest = GuestCall::new(Box::pin(async move {
+        let shared = Arc::new(Shared::new(id));
+        let reporter = shared.clone();
+        let call = Box::pin(async move {
             let store = &mut instance.store;
             let run = async {
                 let started = std::time::Instant::now();
@@ -189,7 +193,7 @@ impl Handler {
             // Most guests finish within their first poll, before any epoch
             // tick; the deadline's timer is armed only for those that wait or
             // yield, and it still counts from the request's start.
-            let result = {
+            let mut result = {
                 let mut run = std::pin::pin!(run);
                 match poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
                     Poll::Ready(result) => result,
@@ -201,16 +205,18 @@ impl Handler {
             };
             if store.data().limiter.hit {
                 METRICS.memory_limit_hit();
-                return result.map_err(|err| err.context(MemoryLimitHit));
+                result = result.map_err(|err| err.context(MemoryLimitHit));
             }
-            result
-            // `instance` is dropped when this future is, finished or not.
-        }));
+            reporter.finish(result, id);
+            // Only now does the store go, and with it every channel the guest
+            // held, so the head or body that sees its end can read why.
+            drop(instance);
+        });
+        let guest = GuestTask::start(call, shared).await;
 
-        // Until the guest sets the response head, drive its call here. The
-        // sender lives in the store, so `head` also resolves if the store goes.
+        // Wait for the response head. Its sender lives in the store, so
+        // `head` also resolves when the guest's call ends without one.
         let head = poll_fn(|cx| {
-            guest.poll(cx);
             if over_limit.poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
@@ -218,35 +224,67 @@ impl Handler {
         })
         .await;
 
-        let busy = guest.busy;
-        let response = match head {
-            None => too_large(id, self.max_body),
+        match head {
+            None => response::too_large(id, self.max_body, Some(guest)),
             Some(Ok(Ok(response))) => {
-                return response.map(|body| ResponseBody::streaming(body, guest, id));
+                if let Some(err) = guest.shared().mark_head_sent() {
+                    guest_task::log_cut_off(id, err);
+                }
+                response.map(|body| ResponseBody::streaming(body, guest))
             }
-            Some(Ok(Err(code))) => internal_error(
+            Some(Ok(Err(code))) => response::internal_error(
                 id,
                 format_args!("the guest responded with an error: {code:?}"),
+                Some(guest),
             ),
-            Some(Err(_)) => match guest.state {
-                Call::Failed(err) if err.is::<TimedOut>() => {
-                    error!(%id, "answered 504: {err}");
-                    plain(id, StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+            Some(Err(_)) => match guest.shared().failure() {
+                Some(err) if err.is::<TimedOut>() => {
+                    let err = err.to_string();
+                    response::timed_out(id, err, Some(guest))
                 }
-                Call::Failed(err) => internal_error(id, format_args!("the guest failed: {err:#}")),
-                Call::Returned => internal_error(
+                Some(err) => {
+                    let cause = format!("{err:#}");
+                    response::internal_error(
+                        id,
+                        format_args!("the guest failed: {cause}"),
+                        Some(guest),
+                    )
+                }
+                None if guest.shared().returned() => response::internal_error(
                     id,
                     format_args!("the guest returned without setting a response"),
+                    Some(guest),
                 ),
-                Call::Running(_) => internal_error(
+                None => response::internal_error(
                     id,
                     format_args!("the guest dropped response-outparam without setting a response"),
+                    Some(guest),
                 ),
             },
-        };
-        let mut response = response;
-        response.body_mut().guest_busy = busy;
-        response
+        }
+    }
+
+    /// Takes an instance slot: at once if one is free (without arming a
+    /// timer), else within `--queue-timeout`, else `None`. While it waits it
+    /// evicts calls whose clients have stopped reading, so those cannot hold
+    /// every slot until their deadlines.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.instances.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let give_up = tokio::time::sleep(self.queue_timeout);
+        let mut give_up = std::pin::pin!(give_up);
+        // One wait, kept across the evictions, so the request keeps its place
+        // in the semaphore's queue.
+        let mut wait = std::pin::pin!(self.instances.clone().acquire_owned());
+        loop {
+            guest_task::evict_stalled(EVICTION_GRACE);
+            tokio::select! {
+                permit = &mut wait => return permit.ok(),
+                () = &mut give_up => return None,
+                () = tokio::time::sleep(EVICTION_GRACE / 4) => {}
+            }
+        }
     }
 }
 
@@ -269,13 +307,14 @@ impl Drop for Instance {
 /// hop-by-hop for this one connection (RFC 9110, 7.6.1) and not for the guest.
 /// The fixed hop-by-hop set is filtered by the wasi-http hooks.
 fn drop_connection_headers(headers: &mut header::HeaderMap) {
-    let Some(connection) = headers.get(header::CONNECTION) else {
+    if !headers.contains_key(header::CONNECTION) {
         return;
-    };
-    let named: Vec<header::HeaderName> = connection
-        .to_str()
-        .unwrap_or_default()
-        .split(',')
+    }
+    // Every `Connection` line counts: a list may be split over several.
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|line| line.to_str().unwrap_or_default().split(','))
         .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
@@ -294,22 +333,6 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// Why a guest was stopped at its deadline.
-#[derive(Debug)]
-struct TimedOut(Duration);
-
-impl fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the guest timed out: it ran past --request-timeout ({:?})",
-            self.0
-        )
-    }
-}
-
-impl StdError for TimedOut {}
-
 /// Context for a guest failure that followed a refused memory growth.
 #[derive(Debug)]
 struct MemoryLimitHit;
@@ -318,169 +341,4 @@ impl fmt::Display for MemoryLimitHit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the guest hit --max-memory")
     }
-}
-
-/// One guest's `handle` call and the time spent running it.
-struct GuestCall {
-    state: Call,
-    /// Time spent inside `poll` of the call: the guest's own work and the host
-    /// calls it makes, not the time it waited.
-    busy: Duration,
-}
-
-enum Call {
-    Running(Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>),
-    Returned,
-    Failed(wasmtime::Error),
-}
-
-impl GuestCall {
-    fn new(call: Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>) -> Self {
-        Self {
-            state: Call::Running(call),
-            busy: Duration::ZERO,
-        }
-    }
-
-    /// Makes progress on the call if it is still running; the outcome is
-    /// recorded in `self`. The store is dropped before this returns, so every
-    /// channel the guest held is closed by the time a caller looks at them.
-    fn poll(&mut self, cx: &mut Context<'_>) {
-        if let Call::Running(call) = &mut self.state {
-            let started = std::time::Instant::now();
-            let poll = call.as_mut().poll(cx);
-            self.busy += started.elapsed();
-            if let Poll::Ready(result) = poll {
-                self.state = match result {
-                    Ok(()) => Call::Returned,
-                    Err(err) => {
-                        if err.is::<TimedOut>() {
-                            METRICS.timeout();
-                        } else {
-                            METRICS.trap();
-                        }
-                        Call::Failed(err)
-                    }
-                };
-            }
-        }
-    }
-}
-
-/// A response body as the guest writes it, which also drives the guest's call
-/// to completion.
-pub struct ResponseBody {
-    /// What the guest writes to its outgoing-body stream.
-    inner: HyperOutgoingBody,
-    /// The call that writes `inner`; polled alongside it.
-    guest: GuestCall,
-    /// The request's id, for the log lines this body may write.
-    id: RequestId,
-    /// Time the guest ran before this body took over its call (a body the
-    /// host wrote after the guest failed has only this).
-    guest_busy: Duration,
-    /// Set once `inner` has ended, so that `drop` can tell a finished response
-    /// from one whose client went away.
-    ended: bool,
-}
-
-impl ResponseBody {
-    fn streaming(inner: HyperOutgoingBody, guest: GuestCall, id: RequestId) -> Self {
-        Self {
-            inner,
-            guest,
-            id,
-            guest_busy: Duration::ZERO,
-            ended: false,
-        }
-    }
-
-    /// How long the guest has run for this request so far.
-    pub fn guest_time(&self) -> Duration {
-        self.guest_busy + self.guest.busy
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Box<dyn StdError + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        // Poll the guest first: if it has just failed, its store (and so the
-        // body's sender) is gone, and `inner` ends as if it were complete.
-        this.guest.poll(cx);
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.ended = true;
-                if let Call::Failed(err) = &this.guest.state {
-                    // An error here makes hyper abort the response (no final
-                    // chunk in HTTP/1, RST_STREAM in HTTP/2) so the client sees
-                    // it was cut off, not a short but complete body.
-                    warn!(id = %this.id, "the guest failed while writing the response body; cut it off: {err:#}");
-                    return Poll::Ready(Some(Err("the guest failed mid-response".into())));
-                }
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Into::into))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // The guest finished its body but `handle` has not returned yet: let it
-        // run to the end on its own task, as other wasi-http hosts do. A body
-        // dropped before its end means the client went away, and the guest is
-        // cancelled with it.
-        if self.ended
-            && let Call::Running(call) = std::mem::replace(&mut self.guest.state, Call::Returned)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let id = self.id;
-            runtime.spawn(async move {
-                if let Err(err) = call.await {
-                    warn!(%id, "the guest failed after finishing its response: {err:#}");
-                }
-            });
-        }
-    }
-}
-
-/// A response the host writes itself.
-fn plain(id: RequestId, status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
-    let body = Full::new(text.into())
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let returned = GuestCall {
-        state: Call::Returned,
-        busy: Duration::ZERO,
-    };
-    let mut response = Response::new(ResponseBody::streaming(body, returned, id));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
-    );
-    response
-}
-
-fn too_large(id: RequestId, max_body: u64) -> Response<ResponseBody> {
-    warn!(%id, "answered 413: request body over --max-body ({max_body} bytes)");
-    plain(id, StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n")
-}
-
-/// Logs why a request failed and gives the client a 500 that says no more
-/// than that: guest internals stay in the log.
-fn internal_error(id: RequestId, cause: std::fmt::Arguments<'_>) -> Response<ResponseBody> {
-    error!(%id, "answered 500: {cause}");
-    plain(
-        id,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Internal Server Error\n",
-    )
 }

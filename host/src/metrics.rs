@@ -25,6 +25,8 @@ pub struct Metrics {
     timeouts: Counter,
     memory_limit_hits: Counter,
     outbound_denied: Counter,
+    evicted: Counter,
+    stalled_connections: Counter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -52,6 +54,8 @@ impl Metrics {
             timeouts: Counter::default(),
             memory_limit_hits: Counter::default(),
             outbound_denied: Counter::default(),
+            evicted: Counter::default(),
+            stalled_connections: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,6 +93,16 @@ impl Metrics {
                 "outbound_denied",
                 "Outbound HTTP requests denied (see --allow-outbound)",
                 &metrics.outbound_denied,
+            ),
+            (
+                "stalled_responses_evicted",
+                "Responses cut off, their instance freed, because their client stopped reading while others waited for a slot",
+                &metrics.evicted,
+            ),
+            (
+                "stalled_connections_closed",
+                "Connections closed because their client took nothing for --write-timeout",
+                &metrics.stalled_connections,
             ),
         ] {
             registry.register(name, help, counter.clone());
@@ -140,5 +154,13 @@ impl Metrics {
 
     pub fn outbound_denied(&self) {
         self.outbound_denied.inc();
+    }
+
+    pub fn evicted(&self) {
+        self.evicted.inc();
+    }
+
+    pub fn stalled_connection(&self) {
+        self.stalled_connections.inc();
     }
 }

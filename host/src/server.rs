@@ -32,8 +32,9 @@ use tracing::{debug, info, warn};
 
 use crate::cli::Cli;
 use crate::guest_output::RequestId;
-use crate::handler::{Handler, ResponseBody};
+use crate::handler::Handler;
 use crate::metrics::METRICS;
+use crate::response::ResponseBody;
 
 /// How long to pause after a failed `accept` (typically EMFILE: out of file
 /// descriptors) before trying again, so the loop does not spin while
@@ -161,7 +162,8 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
         .max_buf_size(max_head.max(8192));
     http.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(cli.max_streams_per_connection);
     let graceful = GracefulShutdown::new();
 
     while let Some(Accepted {
@@ -190,20 +192,16 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
             async move {
                 let response = handler.handle(request, id).await;
                 let status = response.status();
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _in_flight: in_flight,
-                    status,
-                    started,
-                    access,
-                }))
+                Ok::<_, Infallible>(
+                    response.map(|body| Tracked::new(body, in_flight, status, started, access)),
+                )
             }
         });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        let idle_timeout = cli.idle_timeout;
+        let (idle_timeout, write_timeout) = (cli.idle_timeout, cli.write_timeout);
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
@@ -212,9 +210,13 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
                 result = connection => if let Err(err) = result {
                     debug!(%peer, "connection ended with an error: {err}");
                 },
-                () = activity.idle_for(idle_timeout) => {
-                    debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})");
-                }
+                closed = activity.watch(idle_timeout, write_timeout) => match closed {
+                    Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
+                    Closed::Stalled => {
+                        METRICS.stalled_connection();
+                        warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
+                    }
+                },
             }
         });
     }
@@ -227,15 +229,29 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
     }
 }
 
-/// One connection's requests in flight and when it last had none, for
-/// `--idle-timeout`. hyper's own header-read timeout cannot do this job: it
-/// does not start until the auto builder has seen the first bytes, and HTTP/2
-/// has no equivalent.
+/// One connection's requests in flight, when it last had none, and whether
+/// its client is taking its responses: for `--idle-timeout` and
+/// `--write-timeout`. hyper's own header-read timeout cannot do the first
+/// job (it does not start until the auto builder has seen the first bytes,
+/// and HTTP/2 has no equivalent), and hyper has no write timeout at all.
 struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` at which the last request finished.
     idle_since_ms: AtomicU64,
+    /// Response bodies whose last poll handed hyper a frame: hyper comes back
+    /// for the next only once the client has taken it (its TCP window over
+    /// HTTP/1.1, its stream window over HTTP/2).
+    waiting_on_client: AtomicUsize,
+    /// Milliseconds after `opened` at which hyper last came back for any
+    /// response body of this connection.
+    progress_ms: AtomicU64,
+}
+
+/// Why the watchdog closed a connection.
+enum Closed {
+    Idle,
+    Stalled,
 }
 
 impl Activity {
@@ -244,24 +260,48 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
     /// Resolves once the connection has had no request in flight for
-    /// `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
+    /// `idle`, or has had responses waiting on a client that took none of
+    /// them for `write`.
+    async fn watch(&self, idle: Duration, write: Duration) -> Closed {
+        let ms = |at: u64| Duration::from_millis(at);
         loop {
-            let idle = if self.in_flight.load(Ordering::Acquire) > 0 {
-                Duration::ZERO
+            let now = self.now_ms();
+            let wake_at = if self.waiting_on_client.load(Ordering::Acquire) > 0 {
+                let deadline = ms(self.progress_ms.load(Ordering::Acquire)) + write;
+                if ms(now) >= deadline {
+                    return Closed::Stalled;
+                }
+                deadline
+            } else if self.in_flight.load(Ordering::Acquire) == 0 {
+                let deadline = ms(self.idle_since_ms.load(Ordering::Acquire)) + idle;
+                if ms(now) >= deadline {
+                    return Closed::Idle;
+                }
+                deadline
             } else {
-                let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-                self.opened.elapsed().saturating_sub(since)
+                ms(now) + write
             };
-            if idle >= timeout {
-                return;
-            }
-            tokio::time::sleep(timeout - idle).await;
+            // A response may start waiting on its client right after this
+            // look, and must then be caught within `write`; so look again
+            // at least that often.
+            let wake_at = wake_at.min(ms(now) + write);
+            tokio::time::sleep_until(self.opened + wake_at).await;
         }
+    }
+
+    /// hyper came back for a body: the client took what it was given.
+    fn progress(&self) {
+        self.progress_ms.store(self.now_ms(), Ordering::Release);
     }
 }
 
@@ -277,7 +317,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = self.0.opened.elapsed().as_millis() as u64;
+        let now = self.0.now_ms();
         self.0.idle_since_ms.store(now, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -288,7 +328,9 @@ impl Drop for InFlight {
 /// access-log line.
 struct Tracked {
     body: ResponseBody,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// Whether this body counts in `waiting_on_client`.
+    waiting: bool,
     status: StatusCode,
     started: Instant,
     access: Option<Access>,
@@ -318,6 +360,41 @@ impl Access {
     }
 }
 
+impl Tracked {
+    fn new(
+        body: ResponseBody,
+        in_flight: InFlight,
+        status: StatusCode,
+        started: Instant,
+        access: Option<Access>,
+    ) -> Self {
+        let mut tracked = Self {
+            body,
+            in_flight,
+            waiting: false,
+            status,
+            started,
+            access,
+        };
+        // Handed to hyper: from now on it is up to the client.
+        tracked.set_waiting(true);
+        tracked.in_flight.0.progress();
+        tracked
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            let counter = &self.in_flight.0.waiting_on_client;
+            if waiting {
+                counter.fetch_add(1, Ordering::AcqRel);
+            } else {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 impl Body for Tracked {
     type Data = Bytes;
     type Error = <ResponseBody as Body>::Error;
@@ -327,11 +404,16 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.waiting {
+            this.in_flight.0.progress();
+            this.set_waiting(false);
+        }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some(access), Poll::Ready(Some(Ok(frame)))) = (&mut this.access, &frame)
-            && let Some(data) = frame.data_ref()
-        {
-            access.bytes += data.len() as u64;
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            this.set_waiting(true);
+            if let (Some(access), Some(data)) = (&mut this.access, frame.data_ref()) {
+                access.bytes += data.len() as u64;
+            }
         }
         frame
     }
@@ -349,6 +431,7 @@ impl Drop for Tracked {
     /// hyper drops the body when the response is sent or abandoned: that is
     /// the request's end.
     fn drop(&mut self) {
+        self.set_waiting(false);
         let elapsed = self.started.elapsed();
         METRICS.request(self.status.as_u16(), elapsed);
         if let Some(access) = &self.access {

@@ -17,6 +17,8 @@
 //! | `/loop` | spins forever without calling the host |
 //! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
+//! | `/big?kb=N` | answers with N KiB of `x`, written 4 KiB at a time |
+//! | `/hoard?fields=N&kb=K` | builds N header sets of K KiB each and keeps them all, then answers how many it got (traps when the host refuses one) |
 //! | `/request` | describes the request as the guest sees it, one line per field |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
@@ -122,6 +124,35 @@ impl Guest for Testbed {
                 }
                 drop(stream);
                 OutgoingBody::finish(out, None).expect("finishing the body");
+            }
+            "/big" => {
+                let kb: usize = query_param(query, "kb").unwrap_or(1);
+                let (out, stream) = start_response(response_out);
+                let block = [b'x'; 4096];
+                for _ in 0..kb / 4 {
+                    write_all(&stream, &block);
+                }
+                write_all(&stream, &block[..(kb % 4) * 1024]);
+                drop(stream);
+                OutgoingBody::finish(out, None).expect("finishing the body");
+            }
+            "/hoard" => {
+                let count: usize = query_param(query, "fields").unwrap_or(1);
+                let kb: usize = query_param(query, "kb").unwrap_or(1);
+                // Header values of 1 KiB each, under distinct names so none
+                // replaces another.
+                let value = vec![b'h'; 1024];
+                let mut kept = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let fields = Fields::new();
+                    for i in 0..kb {
+                        if fields.append(&format!("x-hoard-{i}"), &value).is_err() {
+                            break;
+                        }
+                    }
+                    kept.push(fields);
+                }
+                respond(response_out, format!("kept {}\n", kept.len()).as_bytes());
             }
             "/loop" => {
                 let mut n = 0u64;

@@ -1,0 +1,177 @@
+//! What goes back to the client: the guest's response body as it writes it,
+//! cut off if the guest fails mid-way, and the short plain-text responses the
+//! host writes itself when there is no guest response to send.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Response, StatusCode, header};
+use tracing::{error, warn};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::guest_output::RequestId;
+use crate::guest_task::GuestTask;
+
+/// A response body: the guest's, or one the host wrote.
+pub struct ResponseBody {
+    inner: HyperOutgoingBody,
+    /// The guest's call, if one ran for this request.
+    guest: Option<GuestTask>,
+    /// Set once `inner` has ended, so that `drop` can tell a finished response
+    /// from one whose client went away.
+    ended: bool,
+}
+
+impl ResponseBody {
+    /// The guest's body, written by `guest` on its own task.
+    pub fn streaming(inner: HyperOutgoingBody, guest: GuestTask) -> Self {
+        // Handed to hyper: until it polls, the body waits on the client.
+        guest.shared().set_waiting_on_client(true);
+        Self {
+            inner,
+            guest: Some(guest),
+            ended: false,
+        }
+    }
+
+    /// How long the guest has run for this request so far.
+    pub fn guest_time(&self) -> Duration {
+        self.guest
+            .as_ref()
+            .map_or(Duration::ZERO, |guest| guest.shared().busy())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Box<dyn StdError + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let shared = this.guest.as_ref().map(|guest| guest.shared());
+        if let Some(shared) = shared {
+            shared.set_waiting_on_client(false);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                // The guest's task records its failure before it drops the
+                // body's sender, so a body that ended because the guest
+                // failed is known here. An error makes hyper abort the
+                // response (no final chunk in HTTP/1, RST_STREAM in HTTP/2):
+                // the client sees it was cut off, not a short complete body.
+                if this
+                    .guest
+                    .as_ref()
+                    .is_some_and(|guest| guest.shared().failure().is_some())
+                {
+                    return Poll::Ready(Some(Err("the guest failed mid-response".into())));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                if let Some(shared) = shared {
+                    shared.set_waiting_on_client(true);
+                }
+                Poll::Ready(Some(frame.map_err(Into::into)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // The body is complete but `handle` may not have returned yet: let it
+        // run to its end (its deadline still holds), as other wasi-http hosts
+        // do. A body dropped before its end means the client went away, and
+        // dropping the task aborts the guest with it.
+        if self.ended
+            && let Some(guest) = &mut self.guest
+        {
+            guest.detach();
+        }
+    }
+}
+
+/// A response the host writes itself, with a `content-length`: `guest` is
+/// the call that ran for this request, if any, for its time in the access
+/// log.
+pub fn plain(
+    status: StatusCode,
+    text: impl Into<Bytes>,
+    guest: Option<GuestTask>,
+) -> Response<ResponseBody> {
+    let text = text.into();
+    let length = text.len();
+    let body = Full::new(text)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(ResponseBody {
+        inner: body,
+        guest,
+        ended: false,
+    });
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response
+}
+
+pub fn too_large(id: RequestId, max_body: u64, guest: Option<GuestTask>) -> Response<ResponseBody> {
+    warn!(%id, "answered 413: request body over --max-body ({max_body} bytes)");
+    plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", guest)
+}
+
+pub fn unavailable(id: RequestId, queue_timeout: Duration) -> Response<ResponseBody> {
+    warn!(%id, "answered 503: no free instance slot within --queue-timeout ({queue_timeout:?})");
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable\n",
+        None,
+    )
+}
+
+pub fn timed_out(
+    id: RequestId,
+    err: impl std::fmt::Display,
+    guest: Option<GuestTask>,
+) -> Response<ResponseBody> {
+    error!(%id, "answered 504: {err}");
+    plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", guest)
+}
+
+/// Logs why a request failed and gives the client a 500 that says no more
+/// than that: guest internals stay in the log.
+pub fn internal_error(
+    id: RequestId,
+    cause: std::fmt::Arguments<'_>,
+    guest: Option<GuestTask>,
+) -> Response<ResponseBody> {
+    error!(%id, "answered 500: {cause}");
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error\n",
+        guest,
+    )
+}
