@@ -3,7 +3,7 @@
 
 use e2e::component;
 use wasi_http_server::guest_output::RequestId;
-use wasi_http_server::state::{RequestState, Sandbox};
+use wasi_http_server::state::{HostBudget, RequestState, Sandbox};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -17,8 +17,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
     let sandbox = Sandbox {
         max_memory: 64 << 20,
-        max_fields_size: 64 << 10,
-        max_resources: 1_000,
+        host: HostBudget::new(64 << 20, 32 << 10).expect("a valid budget"),
         allowed_outbound: Vec::new().into(),
         env: Vec::new().into(),
     };

@@ -128,16 +128,20 @@ pub struct Cli {
     pub max_header_size: ByteSize,
 
     /// Largest header or trailer set (fields) a guest may build, in wasi-http's
-    /// in-memory accounting (roughly twice the wire size). Bounds host memory a
-    /// guest can make the host allocate through `wasi:http/types.fields`.
-    #[arg(long, default_value = "128KiB")]
+    /// in-memory accounting (roughly twice the wire size): 32 KiB holds the
+    /// 16 KiB of response headers that common proxies pass on.
+    #[arg(long, default_value = "32KiB")]
     pub max_guest_fields_size: ByteSize,
 
-    /// Resources (requests, bodies, streams, pollables) one instance may hold
-    /// open at once in the host. A hello-world request uses under ten; the cap
-    /// stops a guest from making the host allocate without limit.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_guest_resources: usize,
+    /// Host memory one instance may make the server keep, beyond its linear
+    /// memory: header sets, requests and responses, buffered body chunks,
+    /// streams, outbound connections and output lines. The server caps how
+    /// many resources an instance may hold so that, at the largest each
+    /// kind can get, they fit this budget (a few hundred by default; a
+    /// hello-world request uses under ten), so the worst case for the whole
+    /// server is `--max-concurrent-requests` x (`--max-memory` + this).
+    #[arg(long, default_value = "64MiB")]
+    pub max_guest_host_memory: ByteSize,
 
     /// Where compiled components are kept between runs, so a restart skips
     /// compilation (the cold start). Entries are keyed by the component's

@@ -5,17 +5,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::error::Context;
 use wasmtime::wasmparser::Parser;
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result, bail,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result,
+    StoreContextMut, bail,
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache;
 use crate::cli::Cli;
-use crate::state::RequestState;
+use crate::state::{MAX_AUTHORITY, MAX_METHOD, RequestState};
 
 /// How often the engine's epoch advances: the granularity of
 /// `--request-timeout` for a guest that spins, and the longest a running guest
@@ -133,8 +134,50 @@ pub fn link(engine: &Engine, component: &Component) -> Result<ProxyPre<RequestSt
     // `wasm32-wasip2` build imports `wasi:cli/environment` and friends.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    bound_request_strings(&mut linker)?;
     let pre = linker
         .instantiate_pre(component)
         .context("the component imports something this server does not provide")?;
     ProxyPre::new(pre).context("the component does not export `wasi:http/incoming-handler@0.2.x`")
+}
+
+/// The `wasi:http/types` version our linker provides (wasmtime-wasi-http's
+/// WIT, vendored in `wit/deps`); older 0.2 guests are matched to it.
+const WASI_HTTP_TYPES: &str = "wasi:http/types@0.2.12";
+
+/// Replaces `outgoing-request.set-method` and `set-authority` with versions
+/// that refuse a method longer than [`MAX_METHOD`] or an authority longer
+/// than [`MAX_AUTHORITY`], as they refuse invalid ones. wasi:http keeps both
+/// strings as given, so without this a guest could make the host hold its
+/// whole linear memory per request resource, outside any budget.
+fn bound_request_strings(linker: &mut Linker<RequestState>) -> Result<()> {
+    use wasmtime_wasi_http::WasiHttpView;
+    use wasmtime_wasi_http::p2::bindings::http::types::{
+        HostOutgoingRequest, Method, OutgoingRequest,
+    };
+    type Request = Resource<OutgoingRequest>;
+
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(WASI_HTTP_TYPES)?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store: StoreContextMut<'_, RequestState>, (request, method): (Request, Method)| {
+            if matches!(&method, Method::Other(other) if other.len() > MAX_METHOD) {
+                return Ok((Err(()),));
+            }
+            Ok((store.data_mut().http().set_method(request, method)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store: StoreContextMut<'_, RequestState>,
+         (request, authority): (Request, Option<String>)| {
+            if authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY) {
+                return Ok((Err(()),));
+            }
+            Ok((store.data_mut().http().set_authority(request, authority)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

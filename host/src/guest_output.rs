@@ -17,7 +17,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// Longest line kept waiting for its newline. A guest that writes more without
 /// one has it forwarded in pieces of this size, so it cannot make the host
 /// buffer without limit.
-const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
 
 /// Identifies one request in the logs: a per-process random prefix (so ids
 /// from different runs or processes do not collide) and a counter.

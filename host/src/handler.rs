@@ -27,7 +27,7 @@ use crate::guest_task::{self, GuestTask, Shared, TimedOut};
 use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::response::{self, ResponseBody};
-use crate::state::{RequestState, Sandbox};
+use crate::state::{HostBudget, RequestState, Sandbox};
 
 /// How long a response must have waited on its client before a request
 /// that finds every instance slot taken may cut it off and take its slot.
@@ -57,14 +57,13 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(pre: ProxyPre<RequestState>, cli: &Cli) -> Self {
+    pub fn new(pre: ProxyPre<RequestState>, cli: &Cli, host: HostBudget) -> Self {
         let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
         Self {
             pre: ArcSwap::from_pointee(pre),
             sandbox: Sandbox {
                 max_memory: to_usize(cli.max_memory.as_u64()),
-                max_fields_size: to_usize(cli.max_guest_fields_size.as_u64()),
-                max_resources: cli.max_guest_resources,
+                host,
                 allowed_outbound: cli.allow_outbound.clone().into(),
                 env: cli.env.clone().into(),
             },

@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
 use wasi_http_server::handler::Handler;
 use wasi_http_server::reload::{self, Reloader};
+use wasi_http_server::state::HostBudget;
 use wasi_http_server::{component, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
@@ -49,7 +50,12 @@ fn run(cli: Cli) -> Result<()> {
     let engine = component::engine(&cli)?;
     let loaded = reload::stamp(&cli.component);
     let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
-    let handler = Arc::new(Handler::new(pre, &cli));
+    let host = HostBudget::new(
+        usize::try_from(cli.max_guest_host_memory.as_u64()).unwrap_or(usize::MAX),
+        usize::try_from(cli.max_guest_fields_size.as_u64()).unwrap_or(usize::MAX),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let handler = Arc::new(Handler::new(pre, &cli, host));
 
     // This thread accepts connections and watches for signals; the workers
     // serve them.

@@ -13,6 +13,7 @@ use hyper::http::{HeaderName, Request, Response, Uri, header};
 use tracing::warn;
 
 use crate::metrics::METRICS;
+use crate::state::{BODY_BUFFER_CHUNKS, BODY_CHUNK, MAX_OUTBOUND};
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
@@ -54,16 +55,23 @@ impl Destination {
     }
 }
 
-/// The wasi-http hooks of one request: the outbound allow-list; everything
-/// else is wasmtime-wasi-http's default.
+/// The wasi-http hooks of one request: the outbound allow-list, at most
+/// [`MAX_OUTBOUND`] outbound requests in flight, and body buffers of
+/// [`BODY_CHUNK`]s; everything else is wasmtime-wasi-http's default.
 pub struct OutboundPolicy {
     /// Shared by every request; built once from the command line.
     allowed: Arc<[Destination]>,
+    /// Outbound requests in flight, created with the first one so that
+    /// requests that make none allocate nothing.
+    in_flight: Option<Arc<()>>,
 }
 
 impl OutboundPolicy {
     pub fn new(allowed: Arc<[Destination]>) -> Self {
-        Self { allowed }
+        Self {
+            allowed,
+            in_flight: None,
+        }
     }
 }
 
@@ -87,6 +95,14 @@ impl WasiHttpHooks for OutboundPolicy {
         Arc::new(is_hop_by_hop)
     }
 
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        BODY_BUFFER_CHUNKS
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,
@@ -98,12 +114,23 @@ impl WasiHttpHooks for OutboundPolicy {
             METRICS.outbound_denied();
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        // Each clone of the counter is one request in flight; its connection
+        // task holds it until the connection is done.
+        let in_flight = self.in_flight.get_or_insert_with(Arc::default).clone();
+        if Arc::strong_count(&in_flight) > MAX_OUTBOUND + 1 {
+            warn!(uri = %request.uri(), "outbound request refused: the guest already has {MAX_OUTBOUND} in flight");
+            return Box::new(async { Err(Error::ConnectionLimitReached) });
+        }
         // What wasmtime-wasi-http does by default, which we cannot call
         // once we override this method.
         drop(fut);
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let io = async move {
+                let _in_flight = in_flight;
+                io.await
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,

@@ -23,15 +23,105 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// allocates the whole buffer before copying it into the guest, so
 /// wasmtime-wasi's default of 64 MiB per call would let each instance make the
 /// host allocate far past `--max-memory`. Keys and seeds need bytes, not MiB.
-const MAX_RANDOM_BYTES: u64 = 1 << 20;
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Bytes of a guest's response body the host takes per write, and how many
+/// such writes it buffers before the guest waits for the client: a body
+/// holds at most (chunks + 1) written chunks plus one being written. 16 KiB
+/// is an HTTP/2 frame; wasmtime-wasi-http's default of 1 MiB would let each
+/// body resource hold 3 MiB.
+pub const BODY_CHUNK: usize = 16 << 10;
+pub const BODY_BUFFER_CHUNKS: usize = 1;
+
+/// Longest method and authority a guest may give an outgoing request. The
+/// host keeps them as given, and wasi:http sets no bound of its own (a path
+/// is capped at 64 KiB by the `http` crate): real methods are a word and
+/// real authorities a host name and port.
+pub const MAX_METHOD: usize = 64;
+pub const MAX_AUTHORITY: usize = 1024;
+const MAX_PATH: usize = 64 << 10;
+
+/// Outbound requests one instance may have in flight, each holding a client
+/// connection with hyper's read and write buffers (up to about 400 KiB and
+/// 100 KiB by default, so [`OUTBOUND_BYTES`] each).
+pub const MAX_OUTBOUND: usize = 8;
+const OUTBOUND_BYTES: usize = 512 << 10;
+
+/// Bookkeeping of one table entry beyond the data counted above: the
+/// entry's struct, its table slot and allocator rounding.
+const ENTRY_OVERHEAD: usize = 1 << 10;
+
+/// How much host memory one instance can make the server keep, and the
+/// resource count that keeps it there. The host keeps guest data in its
+/// resource table (header fields, requests and responses, body buffers,
+/// streams, pollables); every kind of entry has a bounded size, so the
+/// table's capacity times the largest entry, plus the fixed per-instance
+/// buffers (outbound connections, guest output lines, one `wasi:random`
+/// call), is the bound.
+#[derive(Clone, Copy, Debug)]
+pub struct HostBudget {
+    /// `--max-guest-fields-size`: the cap wasmtime-wasi-http enforces on one
+    /// header set, in its own accounting.
+    pub fields_size: usize,
+    /// Resource table entries one instance may hold at once.
+    pub resources: usize,
+}
+
+impl HostBudget {
+    /// The largest a single table entry can get: an outgoing request with
+    /// full headers (a `HeaderMap` takes up to about twice what
+    /// wasmtime-wasi-http counts), a full path, authority and method; or a
+    /// response body's buffered chunks.
+    pub fn largest_entry(fields_size: usize) -> usize {
+        let request = 2 * fields_size + MAX_PATH + MAX_AUTHORITY + MAX_METHOD;
+        let body = (BODY_BUFFER_CHUNKS + 2) * BODY_CHUNK;
+        request.max(body) + ENTRY_OVERHEAD
+    }
+
+    /// What an instance holds whatever its table holds.
+    pub fn fixed() -> usize {
+        MAX_OUTBOUND * OUTBOUND_BYTES
+            + 2 * crate::guest_output::MAX_LINE
+            + MAX_RANDOM_BYTES as usize
+    }
+
+    /// Fits the resource table to `total` bytes of host memory. Fails when
+    /// the budget cannot hold [`MIN_RESOURCES`] entries.
+    pub fn new(total: usize, fields_size: usize) -> Result<Self, String> {
+        let entry = Self::largest_entry(fields_size);
+        let resources = total.saturating_sub(Self::fixed()) / entry;
+        if resources < MIN_RESOURCES {
+            return Err(format!(
+                "--max-guest-host-memory ({total} bytes) holds only {resources} resources of up to \
+                 {entry} bytes each after {} bytes of fixed buffers; give it at least {} bytes, \
+                 or lower --max-guest-fields-size",
+                Self::fixed(),
+                Self::fixed() + MIN_RESOURCES * entry
+            ));
+        }
+        Ok(Self {
+            fields_size,
+            resources,
+        })
+    }
+
+    /// The bound this budget holds the host to, per instance.
+    pub fn bound(&self) -> usize {
+        self.resources * Self::largest_entry(self.fields_size) + Self::fixed()
+    }
+}
+
+/// Fewer resources than this and ordinary guests fail: a request handled
+/// with one outbound call uses about twenty.
+const MIN_RESOURCES: usize = 64;
 
 /// The limits every request's sandbox is built with, derived once from the
 /// command line.
 #[derive(Clone)]
 pub struct Sandbox {
+    /// `--max-memory`: all of an instance's linear memories together.
     pub max_memory: usize,
-    pub max_fields_size: usize,
-    pub max_resources: usize,
+    pub host: HostBudget,
     pub allowed_outbound: Arc<[Destination]>,
     /// `--env`: the guest's whole environment.
     pub env: Arc<[(String, String)]>,
@@ -54,9 +144,9 @@ pub struct RequestState {
 impl RequestState {
     pub fn new(sandbox: &Sandbox, id: RequestId) -> Self {
         let mut table = ResourceTable::new();
-        table.set_max_capacity(sandbox.max_resources);
+        table.set_max_capacity(sandbox.host.resources);
         let mut http = WasiHttpCtx::new();
-        http.set_field_size_limit(sandbox.max_fields_size);
+        http.set_field_size_limit(sandbox.host.fields_size);
         Self {
             table,
             // The guest's stdout and stderr go to the server's stderr, where the
@@ -71,10 +161,7 @@ impl RequestState {
                 .build(),
             http,
             outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
-            limiter: MemoryLimiter {
-                max_memory: sandbox.max_memory,
-                hit: false,
-            },
+            limiter: MemoryLimiter::new(sandbox.max_memory),
         }
     }
 }
@@ -98,24 +185,42 @@ impl WasiHttpView for RequestState {
     }
 }
 
-/// Refuses memory growth past `--max-memory` (the guest sees `memory.grow`
-/// fail, as on a machine out of memory) and tables past
+/// Refuses memory growth that would take the instance's linear memories,
+/// all of them together, past `--max-memory` (the guest sees `memory.grow`
+/// fail, as on a machine out of memory), and tables past
 /// [`MAX_TABLE_ELEMENTS`].
 pub struct MemoryLimiter {
     max_memory: usize,
+    /// Bytes of all the instance's linear memories. A memory is created by a
+    /// growth from 0 and never shrinks, so growths are all it takes.
+    used: usize,
     /// Set when a growth was refused, so the failure can be logged as a limit
     /// hit rather than a bare trap.
     pub hit: bool,
 }
 
+impl MemoryLimiter {
+    pub fn new(max_memory: usize) -> Self {
+        Self {
+            max_memory,
+            used: 0,
+            hit: false,
+        }
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_memory;
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        let allowed = total <= self.max_memory;
+        if allowed {
+            self.used = total;
+        }
         self.hit |= !allowed;
         Ok(allowed)
     }
@@ -127,5 +232,34 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two memories of 12 MiB each do not fit a 16 MiB cap, though each
+    /// alone would: the cap is on their sum.
+    #[test]
+    fn limiter_sums_all_memories() {
+        let mib = 1 << 20;
+        let mut limiter = MemoryLimiter::new(16 * mib);
+        assert!(limiter.memory_growing(0, 12 * mib, None).unwrap());
+        assert!(!limiter.memory_growing(0, 12 * mib, None).unwrap());
+        assert!(limiter.hit);
+        assert!(limiter.memory_growing(0, 4 * mib, None).unwrap());
+        assert!(!limiter.memory_growing(4 * mib, 5 * mib, None).unwrap());
+        assert!(limiter.memory_growing(12 * mib, 12 * mib, None).unwrap());
+    }
+
+    /// The default budget holds a few hundred resources, and the bound it
+    /// states stays within it.
+    #[test]
+    fn default_budget_fits() {
+        let budget = HostBudget::new(64 << 20, 32 << 10).unwrap();
+        assert!(budget.resources >= 256, "{budget:?}");
+        assert!(budget.bound() <= 64 << 20);
+        assert!(HostBudget::new(1 << 20, 32 << 10).is_err());
     }
 }

@@ -11,6 +11,7 @@ use wasi_http_server::cli::Cli;
 use wasi_http_server::component;
 use wasi_http_server::guest_output::RequestId;
 use wasi_http_server::handler::Handler;
+use wasi_http_server::state::HostBudget;
 
 fn per_request(c: &mut Criterion) {
     let hello = concat!(
@@ -20,7 +21,12 @@ fn per_request(c: &mut Criterion) {
     let cli = Cli::parse_from(["per_request", hello]);
     let engine = component::engine(&cli).expect("engine");
     let pre = component::load(&engine, &cli.component, None).expect("run `make components` first");
-    let handler = Handler::new(pre, &cli);
+    let host = HostBudget::new(
+        cli.max_guest_host_memory.as_u64() as usize,
+        cli.max_guest_fields_size.as_u64() as usize,
+    )
+    .expect("the default budget");
+    let handler = Handler::new(pre, &cli, host);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -19,6 +19,7 @@
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
 //! | `/big?kb=N` | answers with N KiB of `x`, written 4 KiB at a time |
 //! | `/hoard?fields=N&kb=K` | builds N header sets of K KiB each and keeps them all, then answers how many it got (traps when the host refuses one) |
+//! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
 //! | `/request` | describes the request as the guest sees it, one line per field |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
@@ -153,6 +154,16 @@ impl Guest for Testbed {
                     kept.push(fields);
                 }
                 respond(response_out, format!("kept {}\n", kept.len()).as_bytes());
+            }
+            "/set-method" => {
+                let len: usize = query_param(query, "len").unwrap_or(1);
+                let request = OutgoingRequest::new(Fields::new());
+                let method = wasi::http::types::Method::Other("X".repeat(len));
+                let answer = match request.set_method(&method) {
+                    Ok(()) => "accepted\n",
+                    Err(()) => "refused\n",
+                };
+                respond(response_out, answer.as_bytes());
             }
             "/loop" => {
                 let mut n = 0u64;
