@@ -1,6 +1,8 @@
 //! The server's logs as an operator reads or collects them.
 
-use e2e::{Conn, Server};
+use std::time::Duration;
+
+use e2e::{Conn, Launch, Server, get};
 use hyper::StatusCode;
 
 /// With `--log-format json` every log line is one JSON object, the failure
@@ -125,4 +127,81 @@ async fn access_log_line_has_the_fields() {
         log.contains(&format!("[{id} stdout] line 0 from solo")),
         "id {id} not on the guest's output:\n{log}"
     );
+}
+
+/// A request's output is capped at `--max-guest-output`: a guest printing
+/// without end gets that much into the log, then one line saying the rest
+/// was cut off, and its request is answered as usual.
+#[tokio::test]
+async fn guest_output_is_capped_per_request() {
+    let server = Server::start("testbed", &["--max-guest-output", "4KiB"]);
+    let reply = get(server.addr, "/print?token=flood&lines=100000").await;
+    assert_eq!(reply.text(), "printed\n");
+    server.wait_for_log("over --max-guest-output").await;
+    let log = server.log();
+    let lines = log.matches(" stdout] line ").count();
+    // "line NNNNN from flood" is at least 17 bytes: 4 KiB holds at most 241.
+    assert!(
+        (100..=241).contains(&lines),
+        "{lines} lines of output got through"
+    );
+    assert!(
+        !log.contains("stderr from flood"),
+        "output past the cap got through"
+    );
+}
+
+/// A guest cannot forge log lines or send terminal escapes: control
+/// characters in its output are escaped in the text log, and with
+/// `--log-format json` each of its lines is one JSON object.
+#[tokio::test]
+async fn guest_output_cannot_forge_log_lines() {
+    let text = Server::start("testbed", &[]);
+    assert_eq!(get(text.addr, "/print-control").await.text(), "printed\n");
+    text.wait_for_log("ERROR forged").await;
+    let log = text.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("ERROR forged"))
+        .unwrap();
+    assert!(line.starts_with('['), "a forged line: {line:?}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+
+    let json = Server::start("testbed", &["--log-format", "json"]);
+    assert_eq!(get(json.addr, "/print-control").await.text(), "printed\n");
+    json.wait_for_log("ERROR forged").await;
+    for line in json.log().lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON object ({err}): {line:?}"));
+        if line.contains("forged") {
+            assert_eq!(event["fields"]["stream"], "stdout", "{line}");
+            assert!(event["fields"]["id"].is_string(), "{line}");
+        }
+    }
+}
+
+/// A log collector that stops reading the server's stderr (a full pipe)
+/// does not stop the server: requests that print keep being answered, their
+/// lines dropped rather than waited for.
+#[tokio::test]
+async fn stuck_stderr_does_not_stall_the_server() {
+    let server = Server::start_launched(
+        "testbed",
+        &["--access-log"],
+        &Launch {
+            leave_stderr_unread: true,
+            ..Launch::default()
+        },
+    );
+    let mut conn = Conn::http1(server.addr).await;
+    // 200 x 100 lines of ~20 bytes: 400 KB, several times a pipe's buffer.
+    for n in 0..200 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.send("GET", &format!("/print?token=t{n}&lines=100"), ""),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {n} stalled"));
+        assert_eq!(reply.text(), "printed\n");
+    }
 }

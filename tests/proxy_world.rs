@@ -18,6 +18,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     let sandbox = Sandbox {
         max_memory: 64 << 20,
         host: HostBudget::new(64 << 20, 32 << 10).expect("a valid budget"),
+        max_output: 1 << 20,
         allowed_outbound: Vec::new().into(),
         env: Vec::new().into(),
     };

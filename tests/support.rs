@@ -73,6 +73,20 @@ pub struct Server {
     /// The admin endpoint's address, when started with `--admin-addr`.
     pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// With [`Launch::leave_stderr_unread`]: the pipe, held open and never
+    /// read.
+    _unread_stderr: Option<std::process::ChildStderr>,
+}
+
+/// How to set up a server process beyond its arguments.
+#[derive(Default)]
+pub struct Launch {
+    /// Keep the server's stderr a pipe that nobody reads, as a stuck log
+    /// collector would: once its buffer is full, writes to it block.
+    pub leave_stderr_unread: bool,
+    /// Start the server with this soft limit on open files (the hard limit
+    /// stays), as most Linux systems and containers do (1024).
+    pub fd_soft_limit: Option<u64>,
 }
 
 impl Server {
@@ -89,27 +103,66 @@ impl Server {
 
     /// [`Server::start`] for the component file at `path`.
     pub fn start_path(path: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(server_binary())
+        Self::launch(path, args, env, &Launch::default())
+    }
+
+    /// [`Server::start`] with the process set up as `launch` says.
+    pub fn start_launched(component_name: &str, args: &[&str], launch: &Launch) -> Server {
+        Self::launch(&component(component_name), args, &[], launch)
+    }
+
+    fn launch(
+        path: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        launch: &Launch,
+    ) -> Server {
+        let mut command = Command::new(server_binary());
+        command
             .env("XDG_CACHE_HOME", test_cache_home())
             .envs(env.iter().copied())
             .arg(path)
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the server");
+            .stderr(Stdio::piped());
+        if let Some(soft) = launch.fd_soft_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    limit.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawning the server");
 
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let unread_stderr = if launch.leave_stderr_unread {
+            Some(stderr)
+        } else {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            None
+        };
 
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut read_addr = |prefix: &str| -> SocketAddr {
@@ -137,6 +190,7 @@ impl Server {
             addr,
             admin,
             log,
+            _unread_stderr: unread_stderr,
         }
     }
 

@@ -143,6 +143,13 @@ pub struct Cli {
     #[arg(long, default_value = "64MiB")]
     pub max_guest_host_memory: ByteSize,
 
+    /// Bytes one request may write to its stdout and stderr together; past
+    /// it the rest is dropped and the log says so once. 256 KiB holds any
+    /// panic message or debug trace a request should print, while a guest
+    /// printing in a loop cannot flood the log.
+    #[arg(long, default_value = "256KiB")]
+    pub max_guest_output: ByteSize,
+
     /// Where compiled components are kept between runs, so a restart skips
     /// compilation (the cold start). Entries are keyed by the component's
     /// content and the engine's settings, and checksummed.

@@ -1,16 +1,25 @@
-//! What a guest writes to stdout and stderr: forwarded to the server's stderr
-//! line by line, each line prefixed with the request's id and stream, so that
+//! What a guest writes to stdout and stderr: forwarded to the server's log
+//! line by line, each line tagged with the request's id and stream, so that
 //! the output of concurrent requests never interleaves mid-line.
+//!
+//! A guest cannot flood or stall the server through it: a request's output
+//! is capped at `--max-guest-output` bytes, lines never block a worker (they
+//! go through the same non-blocking writer as the logs, which drops lines
+//! rather than wait when stderr is not being read), and a line's control
+//! bytes are escaped so a guest cannot forge log lines or terminal escapes.
+//! With `--log-format json` each line is a JSON log event like any other.
 
 use std::fmt;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
+use tracing::info;
+use tracing_appender::non_blocking::NonBlocking;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -18,6 +27,17 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// one has it forwarded in pieces of this size, so it cannot make the host
 /// buffer without limit.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Where guest lines go as plain text (`--log-format text`): the log's
+/// non-blocking writer. Unset, they go out as log events.
+static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Sends guest lines to `writer` as `[id stream] line`, the text log's
+/// format; call once at startup. Without it (`--log-format json`) each line
+/// is a log event of target `guest`.
+pub fn write_text_to(writer: NonBlocking) {
+    let _ = TEXT_SINK.set(writer);
+}
 
 /// Identifies one request in the logs: a per-process random prefix (so ids
 /// from different runs or processes do not collide) and a counter.
@@ -45,65 +65,140 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// One request's stdout or stderr. Every stream the guest opens on it shares
-/// the same pending line.
+/// One request's stdout or stderr. Every stream the guest opens on them
+/// shares the request's output state.
 #[derive(Clone)]
-pub struct GuestOutput(Arc<Mutex<Lines>>);
+pub struct GuestOutput {
+    output: Arc<Mutex<Output>>,
+    stream: Stream,
+}
 
-struct Lines {
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A request's output: the unfinished last line of each stream, and what is
+/// left of its `--max-guest-output`.
+struct Output {
     id: RequestId,
-    stream: &'static str,
-    /// The unfinished last line; empty (and unallocated) until the guest
-    /// writes.
-    pending: Vec<u8>,
+    /// Empty (and unallocated) until the guest writes.
+    pending: [Vec<u8>; 2],
+    remaining: usize,
+    /// Set once the cap was hit and said so.
+    truncated: bool,
 }
 
 impl GuestOutput {
-    pub fn new(id: RequestId, stream: &'static str) -> Self {
-        Self(Arc::new(Mutex::new(Lines {
+    /// The stdout and stderr of request `id`, which may write `max_bytes`
+    /// between them.
+    pub fn pair(id: RequestId, max_bytes: usize) -> (GuestOutput, GuestOutput) {
+        let output = Arc::new(Mutex::new(Output {
             id,
-            stream,
-            pending: Vec::new(),
-        })))
+            pending: [Vec::new(), Vec::new()],
+            remaining: max_bytes,
+            truncated: false,
+        }));
+        let stdout = GuestOutput {
+            output: output.clone(),
+            stream: Stream::Stdout,
+        };
+        let stderr = GuestOutput {
+            output,
+            stream: Stream::Stderr,
+        };
+        (stdout, stderr)
     }
 
-    fn write(&self, mut bytes: &[u8]) {
+    fn write(&self, bytes: &[u8]) {
         // A poisoned lock only means another stream of this request panicked
         // mid-write; its text is still worth forwarding.
-        let mut lines = self
-            .0
+        let mut output = self
+            .output
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        output.write(self.stream, bytes);
+    }
+}
+
+impl Output {
+    fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        let cut = bytes.len() > self.remaining;
+        let mut bytes = &bytes[..bytes.len().min(self.remaining)];
+        self.remaining -= bytes.len();
         while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
-            lines.pending.extend_from_slice(&bytes[..newline]);
-            lines.emit();
+            self.pending[stream as usize].extend_from_slice(&bytes[..newline]);
+            self.emit(stream);
             bytes = &bytes[newline + 1..];
         }
-        lines.pending.extend_from_slice(bytes);
-        while lines.pending.len() >= MAX_LINE {
-            let rest = lines.pending.split_off(MAX_LINE);
-            lines.emit();
-            lines.pending = rest;
+        let i = stream as usize;
+        self.pending[i].extend_from_slice(bytes);
+        while self.pending[i].len() >= MAX_LINE {
+            let rest = self.pending[i].split_off(MAX_LINE);
+            self.emit(stream);
+            self.pending[i] = rest;
+        }
+        if cut && !self.truncated {
+            self.truncated = true;
+            self.emit(stream);
+            let note = b"(output cut off here: over --max-guest-output)";
+            self.pending[stream as usize].extend_from_slice(note);
+            self.emit(stream);
+        }
+    }
+
+    /// Forwards the pending line of `stream`, whole, in one write.
+    fn emit(&mut self, stream: Stream) {
+        let pending = std::mem::take(&mut self.pending[stream as usize]);
+        let line = escape(&pending);
+        match TEXT_SINK.get() {
+            Some(sink) => {
+                let text = format!("[{} {}] {line}\n", self.id, stream.name());
+                // The writer never blocks: when the log thread is behind it
+                // drops the line.
+                let _ = sink.clone().write_all(text.as_bytes());
+            }
+            None => info!(target: "guest", id = %self.id, stream = stream.name(), "{line}"),
         }
     }
 }
 
-impl Lines {
-    /// Writes the pending line to the server's stderr in one `write` under
-    /// stderr's lock, so no other line can land inside it.
-    fn emit(&mut self) {
-        let mut line = format!("[{} {}] ", self.id, self.stream).into_bytes();
-        line.append(&mut self.pending);
-        line.push(b'\n');
-        let _ = std::io::stderr().lock().write_all(&line);
+/// The line as text, with control characters (terminal escapes, carriage
+/// returns) written as escapes, so that a guest cannot forge log lines or
+/// drive the terminal of whoever reads the log. Tabs stay.
+fn escape(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into_owned();
     }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
-impl Drop for Lines {
-    /// The request is over: forward what is left of its last line.
+impl Drop for Output {
+    /// The request is over: forward what is left of its last lines.
     fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            self.emit();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if !self.pending[stream as usize].is_empty() {
+                self.emit(stream);
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ impl Handler {
             sandbox: Sandbox {
                 max_memory: to_usize(cli.max_memory.as_u64()),
                 host,
+                max_output: to_usize(cli.max_guest_output.as_u64()),
                 allowed_outbound: cli.allow_outbound.clone().into(),
                 env: cli.env.clone().into(),
             },

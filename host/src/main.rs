@@ -11,12 +11,13 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
+use tracing_appender::non_blocking::NonBlockingBuilder;
 use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
 use wasi_http_server::handler::Handler;
 use wasi_http_server::reload::{self, Reloader};
 use wasi_http_server::state::HostBudget;
-use wasi_http_server::{component, server};
+use wasi_http_server::{component, guest_output, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
 /// and response: dozens of small allocations. mimalloc's thread-local free
@@ -24,18 +25,36 @@ use wasi_http_server::{component, server};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Log lines waiting for stderr. When stderr falls this far behind, new
+/// lines are dropped instead of making the server wait: at most
+/// [`guest_output::MAX_LINE`] each, so the queue holds 32 MiB at worst.
+const LOG_QUEUE_LINES: usize = 2048;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines (the server's and the guests') are written by a thread of
+    // their own: a stderr nobody reads fills its pipe, and a worker that
+    // wrote to it directly would stop serving.
+    let (writer, flush_on_exit) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(writer.clone());
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => {
+            guest_output::write_text_to(writer);
+            logs.with_ansi(std::io::stderr().is_terminal()).init();
+        }
         LogFormat::Json => logs.json().init(),
     }
-    match run(cli) {
+    let result = run(cli);
+    drop(flush_on_exit);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

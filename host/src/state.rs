@@ -123,6 +123,8 @@ pub struct Sandbox {
     pub max_memory: usize,
     pub host: HostBudget,
     pub allowed_outbound: Arc<[Destination]>,
+    /// `--max-guest-output`: bytes a request may write to stdout and stderr.
+    pub max_output: usize,
     /// `--env`: the guest's whole environment.
     pub env: Arc<[(String, String)]>,
 }
@@ -147,6 +149,7 @@ impl RequestState {
         table.set_max_capacity(sandbox.host.resources);
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(sandbox.host.fields_size);
+        let (stdout, stderr) = GuestOutput::pair(id, sandbox.max_output);
         Self {
             table,
             // The guest's stdout and stderr go to the server's stderr, where the
@@ -154,8 +157,8 @@ impl RequestState {
             // only the "Server running" line. Network access through
             // wasi:sockets stays at WASI's default: denied.
             wasi: WasiCtx::builder()
-                .stdout(GuestOutput::new(id, "stdout"))
-                .stderr(GuestOutput::new(id, "stderr"))
+                .stdout(stdout)
+                .stderr(stderr)
                 .max_random_size(MAX_RANDOM_BYTES)
                 .envs(&sandbox.env)
                 .build(),

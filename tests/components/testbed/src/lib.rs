@@ -22,6 +22,7 @@
 //! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
 //! | `/request` | describes the request as the guest sees it, one line per field |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
+//! | `/print-control` | prints a line holding a terminal escape and a carriage return that tries to start a forged log line |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
 //! | anything else | `testbed\n` |
 
@@ -86,6 +87,10 @@ impl Guest for Testbed {
                     out.flush().expect("stdout");
                 }
                 eprintln!("stderr from {token}");
+                respond(response_out, b"printed\n");
+            }
+            "/print-control" => {
+                println!("red \x1b[31mtext\r2026-01-01T00:00:00Z ERROR forged");
                 respond(response_out, b"printed\n");
             }
             "/request" => {
