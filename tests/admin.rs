@@ -51,11 +51,10 @@ fn parse(text: &str) -> HashMap<String, f64> {
 async fn metrics(server: &Server) -> HashMap<String, f64> {
     let reply = get(server.admin.expect("started with --admin-addr"), "/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(
-        reply.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
+    // The body is OpenMetrics, and says so: Prometheus parses by this type.
+    assert_eq!(
+        reply.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     parse(reply.text())
 }
@@ -140,4 +139,29 @@ async fn metrics_follow_the_traffic() {
     assert_eq!(moved("wasi_http_server_memory_limit_hits_total"), 1.0);
     assert_eq!(moved("wasi_http_server_outbound_denied_total"), 1.0);
     assert_eq!(after["wasi_http_server_instances_in_flight"], 0.0);
+}
+
+/// The admin endpoint holds at most 16 connections and gives each 5 s to
+/// send its headers: 16 silent clients delay a health check until the
+/// timeout closes them, and cannot block it for longer.
+#[tokio::test]
+async fn admin_connections_are_capped_and_timed_out() {
+    let server = Server::start("hello", &["--admin-addr", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(e2e::RawClient::connect(admin).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let reply = get(admin, "/healthz").await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    for mut client in silent {
+        assert_eq!(client.read_to_close().await, "");
+    }
 }

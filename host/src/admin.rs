@@ -2,6 +2,8 @@
 //! listener of their own, so they never shadow a path of the guest's.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -9,30 +11,53 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::fd_limit::ADMIN_CONNECTIONS;
 use crate::metrics::METRICS;
+
+/// Time an admin client has to send its request headers: a scraper sends
+/// them at once, so a few seconds only ever stops a slowloris.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest an admin connection stays open, keep-alive included: scrapers
+/// reconnect cheaply, and a connection cannot be held for ever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves the admin endpoint on `listener` for as long as the task runs. It
 /// is bound after the component compiled and instantiated, so `/healthz`
-/// answering means the server is ready.
+/// answering means the server is ready. At most
+/// [`ADMIN_CONNECTIONS`] connections at once, so a flood of them cannot use
+/// up the descriptors client connections need.
 pub async fn serve(listener: TcpListener) {
+    let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
                 warn!("admin endpoint: accept failed: {err}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         tokio::spawn(async move {
-            let connection =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer));
-            if let Err(err) = connection.await {
-                debug!("admin connection ended with an error: {err}");
+            let _permit = permit;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service_fn(answer));
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(err)) => debug!("admin connection ended with an error: {err}"),
+                Err(_) => debug!("closed an admin connection open for {CONNECTION_LIFETIME:?}"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -43,7 +68,7 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             METRICS.encode().into(),
         ),
         _ => (

@@ -88,10 +88,12 @@ pub struct Cli {
     pub queue_timeout: Duration,
 
     /// Open client connections. Past it the server stops accepting until one
-    /// closes (new clients wait in the kernel's backlog). Keep it below the
-    /// process's file-descriptor limit.
-    #[arg(long, default_value_t = 4096)]
-    pub max_connections: usize,
+    /// closes (new clients wait in the kernel's backlog). By default as many
+    /// as the open file limit allows: the server raises its soft limit to the
+    /// hard limit at startup and keeps descriptors back for itself, the admin
+    /// endpoint and the guests' outbound requests (the log says the figure).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 
     /// HTTP/1.1: time a client has to send a request's complete headers,
     /// counted from when the server starts waiting for them (so it also closes

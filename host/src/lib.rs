@@ -11,6 +11,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod component;
+pub mod fd_limit;
 pub mod guest_output;
 pub mod guest_task;
 pub mod handler;

@@ -17,7 +17,7 @@ use wasi_http_server::cli::{Cli, LogFormat};
 use wasi_http_server::handler::Handler;
 use wasi_http_server::reload::{self, Reloader};
 use wasi_http_server::state::HostBudget;
-use wasi_http_server::{component, guest_output, server};
+use wasi_http_server::{component, fd_limit, guest_output, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
 /// and response: dozens of small allocations. mimalloc's thread-local free
@@ -92,9 +92,8 @@ fn run(cli: Cli) -> Result<()> {
             )
         })?;
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
-        let listener = TcpListener::bind(cli.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", cli.addr))?;
+        let listener =
+            server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         let reloader = Reloader::new(engine, handler.clone(), cli.clone(), loaded)
             .context("installing the SIGHUP handler")?;
@@ -108,6 +107,13 @@ fn run(cli: Cli) -> Result<()> {
         };
         anyhow::Ok((listener, shutdown, reloader, admin))
     })?;
+    // Once nothing can fail any more, so that a failed start says one line.
+    let outbound = if cli.allow_outbound.is_empty() {
+        0
+    } else {
+        cli.max_concurrent_requests * wasi_http_server::state::MAX_OUTBOUND
+    };
+    let max_connections = fd_limit::max_connections(cli.max_connections, outbound);
     let workers = server::spawn(handler, cli.clone()).context("starting the worker threads")?;
     // The first line on stdout; scripts and tests wait for it. With
     // --admin-addr a second line gives the admin endpoint's address.
@@ -118,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     runtime.block_on(async {
         tokio::select! {
-            () = server::accept(listener, &workers, shutdown, &cli) => {}
+            () = server::accept(listener, &workers, shutdown, max_connections, &cli) => {}
             () = reloader.run() => {}
         }
     });

@@ -41,6 +41,26 @@ use crate::response::ResponseBody;
 /// connections close and free some.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Connections the kernel queues for `accept` while the server is busy
+/// (capped by `net.core.somaxconn`, 4096 on current kernels). Thousands of
+/// clients connecting at once overflow tokio's default of 1024, and each
+/// overflowed one waits a second for its SYN to be retried.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restart can bind while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// An accepted connection on its way to a worker, with its connection slot.
 struct Accepted {
     stream: std::net::TcpStream,
@@ -93,9 +113,10 @@ pub async fn accept(
     listener: TcpListener,
     workers: &Workers,
     shutdown: impl Future<Output = ()>,
+    max_connections: usize,
     cli: &Cli,
 ) {
-    let connections = Arc::new(Semaphore::new(cli.max_connections));
+    let connections = Arc::new(Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     for next in (0..workers.inboxes.len()).cycle() {
         // Take a connection slot before accepting, so past --max-connections
@@ -104,8 +125,7 @@ pub async fn accept(
             Ok(permit) => permit,
             Err(_) => {
                 warn!(
-                    "--max-connections ({}) reached; accepting again when one closes",
-                    cli.max_connections
+                    "--max-connections ({max_connections}) reached; accepting again when one closes"
                 );
                 tokio::select! {
                     permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

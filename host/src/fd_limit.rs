@@ -1,0 +1,81 @@
+//! The process's open-file limit, and how many client connections it can
+//! hold. Every connection is a file descriptor; with the soft limit most
+//! systems start processes with (1024), a server could hold barely a
+//! thousand clients, so at startup the soft limit is raised to the hard
+//! limit (as Node.js, Go's runtime and nginx do) and the default
+//! `--max-connections` is derived from what it then is.
+
+use tracing::{info, warn};
+
+/// Descriptors kept for everything that is not a client connection: stdio,
+/// the listeners, the event loops' epoll and wakeup descriptors, signal
+/// handling, the log writer, compile-cache and component files on reload.
+const RESERVED: u64 = 64;
+
+/// Connections the admin endpoint serves at once: a scraper and a health
+/// checker or two, with room to spare.
+pub const ADMIN_CONNECTIONS: usize = 16;
+
+/// Raises the soft open-file limit to the hard limit and returns the new soft
+/// limit; on failure (or where there is no limit) returns what it was.
+fn raise() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            warn!(
+                "cannot read the open file limit: {}",
+                std::io::Error::last_os_error()
+            );
+            return RESERVED * 2;
+        }
+        let before = limit.rlim_cur;
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                warn!(
+                    "cannot raise the open file limit from {before}: {}",
+                    std::io::Error::last_os_error()
+                );
+                return before;
+            }
+            info!(
+                "raised the open file limit from {before} to {}",
+                limit.rlim_cur
+            );
+        }
+        limit.rlim_cur
+    }
+}
+
+/// Raises the open-file limit, then returns how many client connections to
+/// hold: `requested` if given, else all the descriptors left after the
+/// reserve, the admin endpoint and the guests' outbound connections
+/// (`outbound` at most at once).
+pub fn max_connections(requested: Option<usize>, outbound: usize) -> usize {
+    let soft = raise();
+    let spare = RESERVED + ADMIN_CONNECTIONS as u64 + outbound as u64;
+    let fits = usize::try_from(soft.saturating_sub(spare)).unwrap_or(usize::MAX);
+    match requested {
+        Some(requested) => {
+            if requested > fits {
+                warn!(
+                    "--max-connections {requested} is more than the open file limit ({soft}) leaves \
+                     room for ({fits}); clients past that are accepted only as others close"
+                );
+            }
+            requested
+        }
+        None => {
+            let derived = fits.max(1);
+            info!(
+                "serving up to {derived} connections at once (--max-connections, from the open \
+                 file limit of {soft})"
+            );
+            derived
+        }
+    }
+}
