@@ -36,13 +36,10 @@ async fn a_restart_loads_the_compiled_component() {
     entry(&dir);
 
     let second = Server::start_with_env("hello", &args, DEBUG);
-    assert!(
-        second
-            .log()
-            .contains("loaded the compiled component from the cache"),
-        "{}",
-        second.log()
-    );
+    // Log lines are written by their own thread: wait for them.
+    second
+        .wait_for_log("loaded the compiled component from the cache")
+        .await;
     assert_hello(&get(second.addr, "/").await);
 }
 
@@ -60,22 +57,14 @@ async fn a_corrupted_entry_is_recompiled() {
     std::fs::write(&path, &bytes).unwrap();
 
     let server = Server::start_with_env("hello", &args, DEBUG);
-    assert!(
-        server.log().contains("corrupted cache entry"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("corrupted cache entry").await;
     assert_hello(&get(server.addr, "/").await);
     drop(server);
 
     let server = Server::start_with_env("hello", &args, DEBUG);
-    assert!(
-        server
-            .log()
-            .contains("loaded the compiled component from the cache"),
-        "{}",
-        server.log()
-    );
+    server
+        .wait_for_log("loaded the compiled component from the cache")
+        .await;
 }
 
 /// `--no-cache` neither reads nor writes a cache.
@@ -89,4 +78,35 @@ async fn no_cache_compiles_every_time() {
     );
     assert_hello(&get(server.addr, "/").await);
     assert!(!dir.exists());
+}
+
+/// Entries are run as native code, so a cache directory that others may
+/// write to is refused: the server does not start, and says why in one line.
+#[test]
+fn a_cache_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cache_dir("shared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hello = e2e::component("hello");
+    let outcome = e2e::run_to_exit(&[
+        hello.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--cache-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!outcome.status.success());
+    assert!(outcome.stdout.is_empty(), "it listened: {}", outcome.stdout);
+    assert!(
+        outcome.stderr.contains("group or others may write to it"),
+        "{}",
+        outcome.stderr
+    );
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    drop(Server::start(
+        "hello",
+        &["--cache-dir", dir.to_str().unwrap()],
+    ));
 }

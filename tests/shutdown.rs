@@ -26,9 +26,5 @@ async fn sigterm_drains_in_flight_requests() {
         "exit status {status:?}; log:\n{}",
         server.log()
     );
-    assert!(
-        server.log().contains("all connections closed"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("all connections closed").await;
 }

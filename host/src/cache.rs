@@ -7,6 +7,10 @@
 //! the rest, checked before wasmtime maps it as code, so a corrupted or
 //! truncated entry is recompiled, not run. Entries are written to a temporary
 //! file and renamed into place, so readers never see half an entry.
+//!
+//! Entries are native code that the server maps and runs: a directory that
+//! another user owns, or that group or others may write to, could be given a
+//! forged entry with a valid checksum. Such a directory is refused outright.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -26,6 +30,7 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Res
     let Some(dir) = dir else {
         return Component::new(engine, bytes);
     };
+    check_private(dir)?;
     let path = entry_path(engine, bytes, dir);
     match read_entry(&path) {
         Ok(Some(code)) => {
@@ -56,6 +61,36 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Res
         Err(err) => warn!("cannot serialize the compiled component: {err:#}"),
     }
     Ok(component)
+}
+
+/// Fails unless `dir` (if it exists yet) is owned by this process's user and
+/// writable by nobody else. One that does not exist is created private.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => wasmtime::bail!("cannot use the compile cache {}: {err}", dir.display()),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if meta.uid() != user {
+        wasmtime::bail!(
+            "refusing the compile cache {}: it is owned by user {}, not by this server's user {user} \
+             (its entries are run as code); use a directory of your own or --no-cache",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        wasmtime::bail!(
+            "refusing the compile cache {}: group or others may write to it (mode {:o}), and its \
+             entries are run as code; `chmod go-w` it, or use --no-cache",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// `dir/<sha256(compatibility hash, sha256(component))>.cwasm`
