@@ -109,3 +109,27 @@ async fn sighup_reloads_on_demand() {
     let reply = get(server.addr, "/").await;
     assert_eq!((reply.status, reply.text()), (StatusCode::OK, "testbed\n"));
 }
+
+/// A reload's trial instantiation takes an instance slot like a request:
+/// with the only slot busy, SIGHUP waits for it instead of failing (or
+/// taking the slot from a request), and the request in flight finishes.
+#[tokio::test]
+async fn reload_with_every_slot_busy_waits_for_one() {
+    let path = app("busy");
+    std::fs::copy(component("testbed"), &path).unwrap();
+    let server = Server::start_path(&path, &["--max-concurrent-requests", "1"], &[]);
+    let addr = server.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=1000").await });
+    server.wait_for_log("sleep: start 1000 ms").await;
+    server.hangup();
+    server
+        .wait_for_log("new requests go to the new component")
+        .await;
+    let reply = slow.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "slept 1000 ms\n")
+    );
+    assert!(!server.log().contains("reload failed"), "{}", server.log());
+    assert_eq!(get(addr, "/counter").await.text(), "1\n");
+}

@@ -114,7 +114,8 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
 
 /// The guest sees the request as wasi-http specifies it: method, scheme,
 /// authority (here from the `Host` header), path with query, and the headers
-/// minus hop-by-hop ones, including those the `Connection` header names.
+/// minus hop-by-hop ones, including those the `Connection` header names (on
+/// every `Connection` line, not just the first).
 #[tokio::test]
 async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
     let server = Server::start("testbed", &[]);
@@ -123,7 +124,7 @@ async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
         .send(
             b"PATCH /request?x=1&y=2 HTTP/1.1\r\nhost: example.test:8080\r\nx-kept: yes\r\n\
               connection: close, x-hop\r\nx-hop: gone\r\nte: trailers\r\nkeep-alive: timeout=5\r\n\
-              content-length: 0\r\n\r\n",
+              connection: x-second\r\nx-second: gone\r\ncontent-length: 0\r\n\r\n",
         )
         .await
         .unwrap();
@@ -141,6 +142,7 @@ async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
     for hop in [
         "header connection",
         "header x-hop",
+        "header x-second",
         "header te",
         "header keep-alive",
         "header host",
