@@ -1,12 +1,19 @@
 //! A bounded soak: hello, trapping, spinning and memory-hogging requests
-//! mixed over keep-alive connections. Afterwards every hello was answered,
-//! and the server holds no more file descriptors, and not much more memory,
-//! than before.
+//! mixed over keep-alive connections, while clients that never read their
+//! responses come and go. Afterwards every hello was answered, and the
+//! server holds no more file descriptors, and not much more memory, than
+//! before.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use e2e::{Conn, STEP_TIMEOUT, Server};
 use hyper::StatusCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 8;
 const REQUESTS_PER_CONNECTION: usize = 2_500;
@@ -27,27 +34,108 @@ fn plan(i: usize) -> (&'static str, StatusCode) {
     }
 }
 
+/// How long a stalling client holds its connection before it gives up and
+/// comes back with a new one: past the soak's `--write-timeout`, so the
+/// server is the one that closes it.
+const STALL_HOLD: Duration = Duration::from_millis(1500);
+
+/// Clients that never take their responses, until `stop`: four over
+/// HTTP/1.1 asking for 4 MiB, and one over HTTP/2 with a zero window holding
+/// 16 streams, each reconnecting after [`STALL_HOLD`]. Returns how many
+/// stalled connections they opened.
+fn stall_until(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let mut stallers = Vec::new();
+        for _ in 0..4 {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            stallers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut stream = TcpStream::connect(addr).await.unwrap();
+                    let _ = stream
+                        .write_all(b"GET /big?kb=4096 HTTP/1.1\r\nhost: test\r\n\r\n")
+                        .await;
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(STALL_HOLD).await;
+                }
+            }));
+        }
+        let (stop_h2, opened_h2) = (stop.clone(), opened.clone());
+        stallers.push(tokio::spawn(async move {
+            while !stop_h2.load(Ordering::Relaxed) {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let Ok((client, connection)) = h2::client::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, Bytes>(tcp)
+                    .await
+                else {
+                    continue;
+                };
+                let reader = tokio::spawn(connection);
+                opened_h2.fetch_add(1, Ordering::Relaxed);
+                let mut streams = Vec::new();
+                for _ in 0..16 {
+                    let Ok(mut client) = client.clone().ready().await else {
+                        break;
+                    };
+                    let request = hyper::Request::get(format!("http://{addr}/big?kb=256"))
+                        .body(())
+                        .unwrap();
+                    if let Ok((response, _)) = client.send_request(request, true) {
+                        streams.push(response);
+                    }
+                }
+                tokio::time::sleep(STALL_HOLD).await;
+                reader.abort();
+            }
+        }));
+        for staller in stallers {
+            staller.await.unwrap();
+        }
+        opened.load(Ordering::Relaxed)
+    })
+}
+
 /// 20,000 requests over 8 keep-alive connections, 1 in 10 trapping, 1 in 100
 /// growing memory to `--max-memory`, 1 in 500 spinning until
-/// `--request-timeout`: every request gets its expected status, then the open
-/// file descriptors return to their starting count and RSS stays within
-/// [`RSS_GROWTH_BOUND_KIB`] of the start.
+/// `--request-timeout`, while clients that never read come and go: every
+/// request gets its expected status, then the open file descriptors return
+/// to their starting count and RSS stays within [`RSS_GROWTH_BOUND_KIB`] of
+/// the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     let server = Server::start(
         "testbed",
-        &["--request-timeout", "100ms", "--max-memory", "16MiB"],
+        &[
+            "--request-timeout",
+            "100ms",
+            "--max-memory",
+            "16MiB",
+            "--write-timeout",
+            "1s",
+        ],
     );
+    // The warm-up has stalling clients too, so that the slots they spread
+    // the load over are already touched when the baseline is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stallers = stall_until(server.addr, stop.clone());
     let mut warm_up = Conn::http1(server.addr).await;
-    for i in 0..200 {
+    let warming = Instant::now();
+    let mut i = 0;
+    while i < 200 || warming.elapsed() < 2 * STALL_HOLD {
         let (path, _) = plan(i);
         warm_up.send("GET", path, "").await;
+        i += 1;
     }
     drop(warm_up);
+    stop.store(true, Ordering::Relaxed);
+    stallers.await.expect("stalling clients");
     wait_for_fds(&server, None).await;
     let (fds_before, rss_before) = (server.open_fds(), server.rss_kib());
 
     let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stallers = stall_until(server.addr, stop.clone());
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             let addr = server.addr;
@@ -72,6 +160,8 @@ async fn soak() {
         wrong.extend(client.await.expect("client task"));
     }
     let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let stalled = stallers.await.expect("stalling clients");
     assert!(
         wrong.is_empty(),
         "{} wrong answers, first: {:?}",
@@ -82,7 +172,7 @@ async fn soak() {
     let fds_after = wait_for_fds(&server, Some(fds_before)).await;
     let rss_after = server.rss_kib();
     println!(
-        "soak: {} requests in {elapsed:.1?}, 0 unexpected answers; fds {fds_before} -> {fds_after}; RSS {} -> {} MiB",
+        "soak: {} requests in {elapsed:.1?} beside {stalled} stalled connections, 0 unexpected answers; fds {fds_before} -> {fds_after}; RSS {} -> {} MiB",
         CONNECTIONS * REQUESTS_PER_CONNECTION,
         rss_before / 1024,
         rss_after / 1024,
