@@ -65,15 +65,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let cli = Arc::new(cli);
-    // Compile and link before listening: a bad component never gets a port.
-    let engine = component::engine(&cli)?;
-    let loaded = reload::stamp(&cli.component);
-    let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
     let host = HostBudget::new(
         usize::try_from(cli.max_guest_host_memory.as_u64()).unwrap_or(usize::MAX),
         usize::try_from(cli.max_guest_fields_size.as_u64()).unwrap_or(usize::MAX),
     )
     .map_err(anyhow::Error::msg)?;
+    // Compile and link before listening: a bad component never gets a port.
+    let engine = component::engine(&cli)?;
+    let loaded = reload::stamp(&cli.component);
+    let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
     let handler = Arc::new(Handler::new(pre, &cli, host));
 
     // This thread accepts connections and watches for signals; the workers
@@ -114,6 +114,13 @@ fn run(cli: Cli) -> Result<()> {
         cli.max_concurrent_requests * wasi_http_server::state::MAX_OUTBOUND
     };
     let max_connections = fd_limit::max_connections(cli.max_connections, outbound);
+    info!(
+        "each instance may hold {} resources in the host, {} at most \
+         (--max-guest-host-memory), beside {} of linear memory (--max-memory)",
+        host.resources,
+        bytesize::ByteSize(host.bound() as u64),
+        cli.max_memory
+    );
     let workers = server::spawn(handler, cli.clone()).context("starting the worker threads")?;
     // The first line on stdout; scripts and tests wait for it. With
     // --admin-addr a second line gives the admin endpoint's address.

@@ -91,12 +91,14 @@ impl HostBudget {
         let entry = Self::largest_entry(fields_size);
         let resources = total.saturating_sub(Self::fixed()) / entry;
         if resources < MIN_RESOURCES {
+            let size = |bytes: usize| bytesize::ByteSize(bytes as u64);
             return Err(format!(
-                "--max-guest-host-memory ({total} bytes) holds only {resources} resources of up to \
-                 {entry} bytes each after {} bytes of fixed buffers; give it at least {} bytes, \
-                 or lower --max-guest-fields-size",
-                Self::fixed(),
-                Self::fixed() + MIN_RESOURCES * entry
+                "--max-guest-host-memory ({}) holds only {resources} resources of up to {} each \
+                 after {} of fixed buffers; give it at least {}, or lower --max-guest-fields-size",
+                size(total),
+                size(entry),
+                size(Self::fixed()),
+                size(Self::fixed() + MIN_RESOURCES * entry)
             ));
         }
         Ok(Self {
