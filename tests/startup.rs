@@ -71,7 +71,12 @@ fn component_without_the_handler_export() {
     // The smallest valid component: header only, no imports, no exports.
     let path = temp_file("empty.wasm", b"\0asm\x0d\0\x01\0");
     let outcome = run_to_exit(&[path.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
-    assert_refused(&outcome, "does not export `wasi:http/incoming-handler");
+    // Both handlers the server takes are named.
+    assert_refused(
+        &outcome,
+        "exports neither `wasi:http/handler@0.3.x` (WASI 0.3) nor \
+         `wasi:http/incoming-handler@0.2.x` (WASI 0.2)",
+    );
 }
 
 /// An address already in use is named.

@@ -13,6 +13,7 @@ use wasmtime::{
     StoreContextMut, bail,
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::cache;
 use crate::cli::Cli;
@@ -59,6 +60,9 @@ pub fn engine(cli: &Cli) -> Result<Engine> {
     // release builds guests ship, costs a stack walk per trap, and spreads
     // each log entry over many lines; the trap's cause is kept without it.
     config.wasm_backtrace_max_frames(None);
+    // WASI 0.3 components use the component model's async ABI (streams,
+    // futures, async functions). wasmtime marks it experimental.
+    config.wasm_component_model_async(true);
     let engine = Engine::new(&config).context("configuring the wasm engine")?;
     let weak = engine.weak();
     std::thread::Builder::new()
@@ -101,13 +105,28 @@ fn pooling(cli: &Cli) -> InstanceAllocationStrategy {
     InstanceAllocationStrategy::Pooling(pool)
 }
 
-/// Compiles the component at `path`, links it against WASI 0.2 and wasi:http,
-/// and checks that it exports `wasi:http/incoming-handler`.
-pub fn load(
-    engine: &Engine,
-    path: &Path,
-    cache_dir: Option<&Path>,
-) -> Result<ProxyPre<RequestState>> {
+/// A component compiled and linked, ready to instantiate, by the kind of
+/// handler it exports.
+pub enum GuestPre {
+    /// WASI 0.2: exports `wasi:http/incoming-handler@0.2.x`.
+    P2(ProxyPre<RequestState>),
+    /// WASI 0.3: exports `wasi:http/handler@0.3.x`.
+    P3(ServicePre<RequestState>),
+}
+
+impl GuestPre {
+    /// Which WASI the component is written for, for the log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestPre::P2(_) => "WASI 0.2 (wasi:http/incoming-handler)",
+            GuestPre::P3(_) => "WASI 0.3 (wasi:http/handler)",
+        }
+    }
+}
+
+/// Compiles the component at `path`, links it against WASI 0.2 and 0.3 and
+/// wasi:http, and finds which handler it exports.
+pub fn load(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<GuestPre> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     // wasmtime's own message for these two cases is a parser error at offset 0;
     // say what the file is instead.
@@ -125,20 +144,32 @@ pub fn load(
     link(engine, &component).with_context(|| format!("cannot serve {}", path.display()))
 }
 
-/// Links `component` against all of WASI 0.2 plus wasi:http and resolves its
-/// `wasi:http/incoming-handler` export, so that per request only
-/// instantiation is left.
-pub fn link(engine: &Engine, component: &Component) -> Result<ProxyPre<RequestState>> {
+/// Links `component` against all of WASI 0.2 and 0.3 plus wasi:http and
+/// resolves its handler export, so that per request only instantiation is
+/// left. A component exporting `wasi:http/handler@0.3.x` is served as WASI
+/// 0.3, one exporting `wasi:http/incoming-handler@0.2.x` as WASI 0.2.
+pub fn link(engine: &Engine, component: &Component) -> Result<GuestPre> {
     let mut linker = Linker::new(engine);
-    // All of WASI 0.2, as `wasmtime serve -S cli` links it: a plain std
-    // `wasm32-wasip2` build imports `wasi:cli/environment` and friends.
+    // All of WASI 0.2 and 0.3, as `wasmtime serve -S cli` links them: a plain
+    // std build imports `wasi:cli/environment` and friends.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     bound_request_strings(&mut linker)?;
     let pre = linker
         .instantiate_pre(component)
         .context("the component imports something this server does not provide")?;
-    ProxyPre::new(pre).context("the component does not export `wasi:http/incoming-handler@0.2.x`")
+    if let Ok(service) = ServicePre::new(pre.clone()) {
+        return Ok(GuestPre::P3(service));
+    }
+    match ProxyPre::new(pre) {
+        Ok(proxy) => Ok(GuestPre::P2(proxy)),
+        Err(_) => bail!(
+            "the component exports neither `wasi:http/handler@0.3.x` (WASI 0.3) nor \
+             `wasi:http/incoming-handler@0.2.x` (WASI 0.2)"
+        ),
+    }
 }
 
 /// The `wasi:http/types` version our linker provides (wasmtime-wasi-http's

@@ -7,27 +7,28 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{Request, Response, StatusCode, header};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::cli::Cli;
+use crate::component::GuestPre;
 use crate::guest_output::RequestId;
 use crate::guest_task::{self, GuestTask, Shared, TimedOut};
 use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::response::{self, ResponseBody};
 use crate::state::{HostBudget, RequestState, Sandbox};
+use crate::{wasi_p2, wasi_p3};
 
 /// How long a response must have waited on its client before a request
 /// that finds every instance slot taken may cut it off and take its slot.
@@ -42,7 +43,7 @@ pub struct Handler {
     /// The component, compiled and linked once; per request only
     /// instantiation is left. `replace` swaps it whole: each request takes the
     /// one current when it starts and keeps it to the end.
-    pre: ArcSwap<ProxyPre<RequestState>>,
+    pre: ArcSwap<GuestPre>,
     /// What every request's store is built with.
     sandbox: Sandbox,
     /// One permit per live instance (`--max-concurrent-requests`), held until
@@ -57,7 +58,7 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(pre: ProxyPre<RequestState>, cli: &Cli, host: HostBudget) -> Self {
+    pub fn new(pre: GuestPre, cli: &Cli, host: HostBudget) -> Self {
         let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
         Self {
             pre: ArcSwap::from_pointee(pre),
@@ -86,7 +87,7 @@ impl Handler {
     /// Serves `pre` from now on, once it has instantiated; requests already
     /// running finish on the component they started with. On error the
     /// current component stays.
-    pub async fn replace(&self, pre: ProxyPre<RequestState>) -> wasmtime::Result<()> {
+    pub async fn replace(&self, pre: GuestPre) -> wasmtime::Result<()> {
         self.try_instantiate(&pre).await?;
         self.pre.store(Arc::new(pre));
         Ok(())
@@ -95,22 +96,25 @@ impl Handler {
     /// Instantiates `pre` once and drops it, holding an instance slot like a
     /// request does: the pool has exactly one set of resources per slot, so
     /// without one this could take a request's, or find none free.
-    async fn try_instantiate(&self, pre: &ProxyPre<RequestState>) -> wasmtime::Result<()> {
+    async fn try_instantiate(&self, pre: &GuestPre) -> wasmtime::Result<()> {
         let Ok(_permit) = self.instances.clone().acquire_owned().await else {
             wasmtime::bail!("the instance slots are closed");
         };
-        let mut store = self.new_store(pre, RequestId::next());
+        let mut store = self.new_store(engine(pre), RequestId::next());
         let deadline = Instant::now() + self.request_timeout;
-        match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await {
-            Ok(instance) => instance.map(drop),
-            Err(_) => Err(wasmtime::Error::new(TimedOut(self.request_timeout))),
-        }
+        let instantiate = async {
+            match pre {
+                GuestPre::P2(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                GuestPre::P3(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            }
+        };
+        within(deadline, self.request_timeout, instantiate).await
     }
 
-    /// A fresh store for `pre` with this server's limits, memory cap and
+    /// A fresh store on `engine` with this server's limits, memory cap and
     /// epoch deadline.
-    fn new_store(&self, pre: &ProxyPre<RequestState>, id: RequestId) -> Store<RequestState> {
-        let mut store = Store::new(pre.engine(), RequestState::new(&self.sandbox, id));
+    fn new_store(&self, engine: &Engine, id: RequestId) -> Store<RequestState> {
+        let mut store = Store::new(engine, RequestState::new(&self.sandbox, id));
         store.limiter(|state| &mut state.limiter);
         // At every epoch tick a running guest yields to the runtime, so other
         // requests share its thread and the request deadline fires even while
@@ -142,30 +146,23 @@ impl Handler {
         let deadline = Instant::now() + self.request_timeout;
 
         let pre = self.pre.load_full();
-        let mut store = self.new_store(&pre, id);
+        let mut store = self.new_store(engine(&pre), id);
         let (mut parts, body) = request.into_parts();
         drop_connection_headers(&mut parts.headers);
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
-        let (head_sender, mut head) = oneshot::channel();
-        let mut http = store.data_mut().http();
-        let request =
-            match http.new_incoming_request(Scheme::Http, Request::from_parts(parts, body)) {
-                Ok(request) => request,
-                // In practice: neither an absolute URI nor a `Host` header.
-                Err(err) => {
-                    return response::plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("Bad Request: {err}\n"),
-                        None,
-                    );
-                }
-            };
-        let response_out = match http.new_response_outparam(head_sender) {
-            Ok(response_out) => response_out,
-            Err(err) => {
-                return response::internal_error(
-                    id,
-                    format_args!("creating response-outparam: {err:#}"),
+        let request = Request::from_parts(parts, body);
+        let prepared = match &*pre {
+            GuestPre::P2(_) => wasi_p2::prepare(&mut store, request)
+                .map(|(prepared, head)| (Prepared::P2(prepared), HeadRx::P2(head))),
+            GuestPre::P3(_) => wasi_p3::prepare(&mut store, request)
+                .map(|(prepared, head)| (Prepared::P3(prepared), HeadRx::P3(head))),
+        };
+        let (prepared, mut head) = match prepared {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                return response::plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("Bad Request: {reason}\n"),
                     None,
                 );
             }
@@ -181,27 +178,14 @@ impl Handler {
         let reporter = shared.clone();
         let call = Box::pin(async move {
             let store = &mut instance.store;
-            let run = async {
-                let started = std::time::Instant::now();
-                let proxy = pre.instantiate_async(&mut *store).await?;
-                METRICS.instantiated(started.elapsed());
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut *store, request, response_out)
-                    .await
-            };
-            // Most guests finish within their first poll, before any epoch
-            // tick; the deadline's timer is armed only for those that wait or
-            // yield, and it still counts from the request's start.
-            let mut result = {
-                let mut run = std::pin::pin!(run);
-                match poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
-                    Poll::Ready(result) => result,
-                    Poll::Pending => match tokio::time::timeout_at(deadline, run).await {
-                        Ok(result) => result,
-                        Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
-                    },
+            let mut result = match (&*pre, prepared) {
+                (GuestPre::P2(pre), Prepared::P2(prepared)) => {
+                    within(deadline, timeout, prepared.run(pre, store)).await
                 }
+                (GuestPre::P3(pre), Prepared::P3(prepared)) => {
+                    within(deadline, timeout, prepared.run(pre, store)).await
+                }
+                _ => unreachable!("prepared for the kind of `pre`"),
             };
             if store.data().limiter.hit {
                 METRICS.memory_limit_hit();
@@ -214,13 +198,13 @@ impl Handler {
         });
         let guest = GuestTask::start(call, shared).await;
 
-        // Wait for the response head. Its sender lives in the store, so
-        // `head` also resolves when the guest's call ends without one.
+        // Wait for the response head. Its sender goes with the store or the
+        // call, so `head` also resolves when the guest's call ends without one.
         let head = poll_fn(|cx| {
             if over_limit.poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            Pin::new(&mut head).poll(cx).map(Some)
+            head.poll(cx).map(Some)
         })
         .await;
 
@@ -234,7 +218,7 @@ impl Handler {
             }
             Some(Ok(Err(code))) => response::internal_error(
                 id,
-                format_args!("the guest responded with an error: {code:?}"),
+                format_args!("the guest responded with an error: {code}"),
                 Some(guest),
             ),
             Some(Err(_)) => match guest.shared().failure() {
@@ -285,6 +269,62 @@ impl Handler {
                 () = tokio::time::sleep(EVICTION_GRACE / 4) => {}
             }
         }
+    }
+}
+
+/// The request as prepared for the guest's kind.
+enum Prepared {
+    P2(wasi_p2::Prepared),
+    P3(wasi_p3::Prepared),
+}
+
+/// Where the guest's response head arrives, for either kind.
+enum HeadRx {
+    P2(wasi_p2::Head),
+    P3(wasi_p3::Head),
+}
+
+/// A response head, or the wasi:http error code the guest answered with
+/// instead (as text: the two kinds have their own types).
+type HeadResult = Result<Response<HyperOutgoingBody>, String>;
+
+impl HeadRx {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<HeadResult, RecvError>> {
+        match self {
+            HeadRx::P2(head) => Pin::new(head)
+                .poll(cx)
+                .map(|head| head.map(|head| head.map_err(|code| format!("{code:?}")))),
+            HeadRx::P3(head) => Pin::new(head)
+                .poll(cx)
+                .map(|head| head.map(|head| head.map_err(|code| format!("{code:?}")))),
+        }
+    }
+}
+
+/// The engine `pre` was compiled for.
+fn engine(pre: &GuestPre) -> &Engine {
+    match pre {
+        GuestPre::P2(pre) => pre.engine(),
+        GuestPre::P3(pre) => pre.engine(),
+    }
+}
+
+/// Runs `run` until `deadline`, then fails it with [`TimedOut`]. Most guests
+/// finish within their first poll, before any epoch tick; the deadline's
+/// timer is armed only for those that wait or yield, and it still counts from
+/// the request's start.
+async fn within(
+    deadline: Instant,
+    timeout: Duration,
+    run: impl Future<Output = wasmtime::Result<()>>,
+) -> wasmtime::Result<()> {
+    let mut run = std::pin::pin!(run);
+    match poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout_at(deadline, run).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
+        },
     }
 }
 

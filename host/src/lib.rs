@@ -22,3 +22,5 @@ pub mod request_body;
 pub mod response;
 pub mod server;
 pub mod state;
+pub mod wasi_p2;
+pub mod wasi_p3;
