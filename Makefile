@@ -8,6 +8,8 @@ BIN := target/$(PROFILE)/wasi-http-server
 COMPONENTS := target/components
 HELLO := $(COMPONENTS)/hello.wasm
 TESTBED := $(COMPONENTS)/testbed.wasm
+HELLO_P3 := $(COMPONENTS)/hello-p3.wasm
+TESTBED_P3 := $(COMPONENTS)/testbed-p3.wasm
 
 # The wasmtime our server embeds; `make bench` measures `wasmtime serve` of the same version.
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
@@ -30,9 +32,13 @@ targets:
 # hello: a core module for wasm32-unknown-unknown, wrapped into a component by
 # tools/componentize, so it imports nothing outside wasi:http/proxy (see README).
 # testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself.
+# hello-p3 and testbed-p3: WASI 0.3 guests, built and wrapped as hello is.
 components: hello
 	$(CARGO) build --profile guest -p testbed --target wasm32-wasip2
 	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
+	$(CARGO) build --profile guest -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown
+	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello_p3.wasm $(HELLO_P3)
+	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/testbed_p3.wasm $(TESTBED_P3)
 
 # Just target/components/hello.wasm (Spin's `build` command).
 hello: targets
@@ -46,8 +52,8 @@ test: lint build
 
 lint: targets
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed -- -D warnings
-	$(CARGO) clippy --profile guest -p hello --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 -- -D warnings
+	$(CARGO) clippy --profile guest -p hello -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) clippy --profile guest -p testbed --target wasm32-wasip2 -- -D warnings
 
 # Our server against plain hyper, the Node.js seed and `wasmtime serve`, with wrk;
