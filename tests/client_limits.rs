@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Conn, RawClient, Server, get};
+use e2e::{Conn, RawClient, Server, TESTBEDS, get};
 use hyper::StatusCode;
 
 /// A client that connects and sends nothing is closed after `--idle-timeout`.
@@ -155,9 +155,9 @@ async fn streamed_body_over_the_limit_is_413() {
 }
 
 /// A server with a single instance slot and a 2 s queue timeout.
-fn one_slot_server() -> Server {
+fn one_slot_server(testbed: &str) -> Server {
     Server::start(
-        "testbed",
+        testbed,
         &["--max-concurrent-requests", "1", "--queue-timeout", "2s"],
     )
 }
@@ -174,27 +174,33 @@ async fn assert_slot_free(server: &Server) {
 /// A client that disconnects mid-request drops its instance.
 #[tokio::test]
 async fn disconnect_mid_request_frees_the_instance() {
-    let server = one_slot_server();
-    let mut client = RawClient::connect(server.addr).await;
-    client
-        .send(b"GET /sleep?ms=60000 HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    server.wait_for_log("sleep: start 60000 ms").await;
-    drop(client);
-    assert_slot_free(&server).await;
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = one_slot_server(testbed);
+        let mut client = RawClient::connect(server.addr).await;
+        client
+            .send(b"GET /sleep?ms=60000 HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        server.wait_for_log("sleep: start 60000 ms").await;
+        drop(client);
+        assert_slot_free(&server).await;
+    }
 }
 
 /// A client that disconnects mid-response drops its instance too.
 #[tokio::test]
 async fn disconnect_mid_response_frees_the_instance() {
-    let server = one_slot_server();
-    let mut client = RawClient::connect(server.addr).await;
-    client
-        .send(b"GET /stream?chunks=600&ms=100 HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(client.read_some().await.starts_with("HTTP/1.1 200 "));
-    drop(client);
-    assert_slot_free(&server).await;
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = one_slot_server(testbed);
+        let mut client = RawClient::connect(server.addr).await;
+        client
+            .send(b"GET /stream?chunks=600&ms=100 HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(client.read_some().await.starts_with("HTTP/1.1 200 "));
+        drop(client);
+        assert_slot_free(&server).await;
+    }
 }

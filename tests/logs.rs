@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{Conn, Launch, Server, get};
+use e2e::{Conn, Launch, Server, TESTBEDS, get};
 use hyper::StatusCode;
 
 /// With `--log-format json` every log line is one JSON object, the failure
@@ -34,52 +34,55 @@ async fn json_logs_are_one_object_per_line() {
 /// within a line, and every request's lines carry one id of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_output_arrives_whole_and_prefixed() {
-    let server = Server::start("testbed", &[]);
-    let printers: Vec<_> = (0..8)
-        .map(|n| {
-            let addr = server.addr;
-            tokio::spawn(
-                async move { e2e::get(addr, &format!("/print?token=t{n}&lines=50")).await },
-            )
-        })
-        .collect();
-    for printer in printers {
-        assert_eq!(printer.await.unwrap().text(), "printed\n");
-    }
-    for n in 0..8 {
-        server
-            .wait_for_log(&format!("stderr] stderr from t{n}"))
-            .await;
-    }
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &[]);
+        let printers: Vec<_> = (0..8)
+            .map(|n| {
+                let addr = server.addr;
+                tokio::spawn(
+                    async move { e2e::get(addr, &format!("/print?token=t{n}&lines=50")).await },
+                )
+            })
+            .collect();
+        for printer in printers {
+            assert_eq!(printer.await.unwrap().text(), "printed\n");
+        }
+        for n in 0..8 {
+            server
+                .wait_for_log(&format!("stderr] stderr from t{n}"))
+                .await;
+        }
 
-    let log = server.log();
-    let mut ids = std::collections::HashMap::new();
-    for line in log.lines().filter(|line| line.contains(" stdout] ")) {
-        // [<id> stdout] line <i> from t<n>
-        let (prefix, text) = line.split_once("] ").expect("a prefix");
-        let id = prefix
-            .strip_prefix('[')
-            .and_then(|p| p.strip_suffix(" stdout"))
-            .expect("[id stdout]");
-        let words: Vec<&str> = text.split(' ').collect();
-        assert!(
-            words.len() == 4
-                && words[0] == "line"
-                && words[2] == "from"
-                && words[3].starts_with('t'),
-            "a broken line: {line:?}"
-        );
-        let previous = ids.insert(words[3].to_string(), id.to_string());
-        assert!(
-            previous.is_none_or(|p| p == id),
-            "two ids for {}: {line:?}",
-            words[3]
-        );
+        let log = server.log();
+        let mut ids = std::collections::HashMap::new();
+        for line in log.lines().filter(|line| line.contains(" stdout] ")) {
+            // [<id> stdout] line <i> from t<n>
+            let (prefix, text) = line.split_once("] ").expect("a prefix");
+            let id = prefix
+                .strip_prefix('[')
+                .and_then(|p| p.strip_suffix(" stdout"))
+                .expect("[id stdout]");
+            let words: Vec<&str> = text.split(' ').collect();
+            assert!(
+                words.len() == 4
+                    && words[0] == "line"
+                    && words[2] == "from"
+                    && words[3].starts_with('t'),
+                "a broken line: {line:?}"
+            );
+            let previous = ids.insert(words[3].to_string(), id.to_string());
+            assert!(
+                previous.is_none_or(|p| p == id),
+                "two ids for {}: {line:?}",
+                words[3]
+            );
+        }
+        assert_eq!(ids.len(), 8, "{ids:?}");
+        let distinct: std::collections::HashSet<_> = ids.values().collect();
+        assert_eq!(distinct.len(), 8, "requests shared an id: {ids:?}");
+        assert_eq!(log.matches(" stdout] line ").count(), 8 * 50);
     }
-    assert_eq!(ids.len(), 8, "{ids:?}");
-    let distinct: std::collections::HashSet<_> = ids.values().collect();
-    assert_eq!(distinct.len(), 8, "requests shared an id: {ids:?}");
-    assert_eq!(log.matches(" stdout] line ").count(), 8 * 50);
 }
 
 /// With `--access-log`, each request gets one line with its id, method, path,
@@ -87,46 +90,49 @@ async fn guest_output_arrives_whole_and_prefixed() {
 /// guest's output.
 #[tokio::test]
 async fn access_log_line_has_the_fields() {
-    let server = Server::start("testbed", &["--access-log"]);
-    let mut conn = Conn::http1(server.addr).await;
-    assert_eq!(
-        conn.send("GET", "/print?token=solo&lines=1", "")
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        conn.send("POST", "/trap?x=1", "").await.status,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
-    server.wait_for_log("POST /trap?x=1").await;
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &["--access-log"]);
+        let mut conn = Conn::http1(server.addr).await;
+        assert_eq!(
+            conn.send("GET", "/print?token=solo&lines=1", "")
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            conn.send("POST", "/trap?x=1", "").await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        server.wait_for_log("POST /trap?x=1").await;
 
-    let log = server.log();
-    let access = |needle: &str| {
-        log.lines()
-            .find(|line| line.contains(" access: ") && line.contains(needle))
-            .unwrap_or_else(|| panic!("no access line for {needle:?} in:\n{log}"))
-            .to_string()
-    };
-    let print = access("GET /print?token=solo&lines=1");
-    for field in ["status=200", "bytes=8", "total_ms=", "guest_ms=", "id="] {
-        assert!(print.contains(field), "no {field} in {print}");
+        let log = server.log();
+        let access = |needle: &str| {
+            log.lines()
+                .find(|line| line.contains(" access: ") && line.contains(needle))
+                .unwrap_or_else(|| panic!("no access line for {needle:?} in:\n{log}"))
+                .to_string()
+        };
+        let print = access("GET /print?token=solo&lines=1");
+        for field in ["status=200", "bytes=8", "total_ms=", "guest_ms=", "id="] {
+            assert!(print.contains(field), "no {field} in {print}");
+        }
+        let trap = access("POST /trap?x=1");
+        assert!(
+            trap.contains("status=500") && trap.contains("bytes=22"),
+            "{trap}"
+        );
+
+        let id = print
+            .split("id=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .expect("an id");
+        assert!(
+            log.contains(&format!("[{id} stdout] line 0 from solo")),
+            "id {id} not on the guest's output:\n{log}"
+        );
     }
-    let trap = access("POST /trap?x=1");
-    assert!(
-        trap.contains("status=500") && trap.contains("bytes=22"),
-        "{trap}"
-    );
-
-    let id = print
-        .split("id=")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .expect("an id");
-    assert!(
-        log.contains(&format!("[{id} stdout] line 0 from solo")),
-        "id {id} not on the guest's output:\n{log}"
-    );
 }
 
 /// A request's output is capped at `--max-guest-output`: a guest printing

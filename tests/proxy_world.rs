@@ -47,3 +47,20 @@ async fn a_std_wasip2_build_needs_more_than_the_proxy_world() {
         "{err:?}"
     );
 }
+
+/// The WASI 0.3 hello guest imports nothing beyond `wasi:http/types@0.3.0`:
+/// it instantiates with a linker holding only wasi:http 0.3, which every
+/// host of the 0.3 service world provides.
+#[tokio::test]
+async fn hello_p3_needs_only_wasi_http() {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model_async(true);
+    let engine = Engine::new(&config).unwrap();
+    let component = Component::from_file(&engine, component("hello-p3")).unwrap();
+    let mut linker = Linker::<RequestState>::new(&engine);
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker).unwrap();
+    let pre = linker
+        .instantiate_pre(&component)
+        .expect("hello-p3.wasm with wasi:http 0.3 alone");
+    wasmtime_wasi_http::p3::bindings::ServicePre::new(pre).expect("a wasi:http/handler export");
+}

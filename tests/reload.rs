@@ -133,3 +133,30 @@ async fn reload_with_every_slot_busy_waits_for_one() {
     assert!(!server.log().contains("reload failed"), "{}", server.log());
     assert_eq!(get(addr, "/counter").await.text(), "1\n");
 }
+
+/// A reload may switch kinds: a server started on a WASI 0.2 component
+/// serves a WASI 0.3 one after SIGHUP, and a 0.2 one again after the next.
+#[tokio::test]
+async fn reload_switches_between_wasi_02_and_03() {
+    let path = app("kinds");
+    let server = Server::start_path(&path, &[], &[]);
+    assert_hello(&get(server.addr, "/").await);
+
+    replace(&path, &std::fs::read(component("testbed-p3")).unwrap());
+    server.hangup();
+    server
+        .wait_for_log("a WASI 0.3 (wasi:http/handler) component: new requests")
+        .await;
+    let reply = get(server.addr, "/sleep?ms=1").await;
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "slept 1 ms\n")
+    );
+
+    replace(&path, &std::fs::read(component("hello")).unwrap());
+    server.hangup();
+    server
+        .wait_for_log("a WASI 0.2 (wasi:http/incoming-handler) component: new requests")
+        .await;
+    assert_hello(&get(server.addr, "/").await);
+}

@@ -1,61 +1,73 @@
-//! The hello component served the way the seed is: exact answers, over
+//! The hello components, WASI 0.2 and 0.3, served the way the seed is: exact answers, over
 //! keep-alive HTTP/1.1, HTTP/2 and many connections at once; and bodies that
 //! stream both ways.
 
 use std::time::Duration;
 
-use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, get};
+use e2e::{Conn, HELLOS, STEP_TIMEOUT, Server, TESTBEDS, assert_hello, get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `GET /` gets exactly the seed's response.
 #[tokio::test]
 async fn get_root_is_hello_world() {
-    let server = Server::start("hello", &[]);
-    assert_hello(&get(server.addr, "/").await);
+    for hello in HELLOS {
+        println!("with {hello}");
+        let server = Server::start(hello, &[]);
+        assert_hello(&get(server.addr, "/").await);
+    }
 }
 
 /// Any method and path get the same response.
 #[tokio::test]
 async fn post_any_path_is_hello_world() {
-    let server = Server::start("hello", &[]);
-    let mut conn = Conn::http1(server.addr).await;
-    assert_hello(&conn.send("POST", "/any/path", "some body").await);
-    assert_hello(&conn.send("PUT", "/x?y=z", "").await);
+    for hello in HELLOS {
+        println!("with {hello}");
+        let server = Server::start(hello, &[]);
+        let mut conn = Conn::http1(server.addr).await;
+        assert_hello(&conn.send("POST", "/any/path", "some body").await);
+        assert_hello(&conn.send("PUT", "/x?y=z", "").await);
+    }
 }
 
 /// 1,000 requests over 4 keep-alive connections are all answered correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_requests_over_keep_alive() {
-    let server = Server::start("hello", &[]);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let addr = server.addr;
-            tokio::spawn(async move {
-                let mut conn = Conn::http1(addr).await;
-                for _ in 0..250 {
-                    assert_hello(&conn.send("GET", "/", "").await);
-                }
+    for hello in HELLOS {
+        println!("with {hello}");
+        let server = Server::start(hello, &[]);
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = server.addr;
+                tokio::spawn(async move {
+                    let mut conn = Conn::http1(addr).await;
+                    for _ in 0..250 {
+                        assert_hello(&conn.send("GET", "/", "").await);
+                    }
+                })
             })
-        })
-        .collect();
-    for client in clients {
-        client.await.expect("client task");
+            .collect();
+        for client in clients {
+            client.await.expect("client task");
+        }
     }
 }
 
 /// 100 requests on 100 connections in parallel are all answered correctly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_parallel_connections() {
-    let server = Server::start("hello", &[]);
-    let clients: Vec<_> = (0..100)
-        .map(|_| {
-            let addr = server.addr;
-            tokio::spawn(async move { get(addr, "/").await })
-        })
-        .collect();
-    for client in clients {
-        assert_hello(&client.await.expect("client task"));
+    for hello in HELLOS {
+        println!("with {hello}");
+        let server = Server::start(hello, &[]);
+        let clients: Vec<_> = (0..100)
+            .map(|_| {
+                let addr = server.addr;
+                tokio::spawn(async move { get(addr, "/").await })
+            })
+            .collect();
+        for client in clients {
+            assert_hello(&client.await.expect("client task"));
+        }
     }
 }
 
@@ -63,10 +75,13 @@ async fn hundred_parallel_connections() {
 /// same answer.
 #[tokio::test]
 async fn http2_prior_knowledge() {
-    let server = Server::start("hello", &[]);
-    let mut conn = Conn::http2(server.addr).await;
-    for _ in 0..10 {
-        assert_hello(&conn.send("GET", "/", "").await);
+    for hello in HELLOS {
+        println!("with {hello}");
+        let server = Server::start(hello, &[]);
+        let mut conn = Conn::http2(server.addr).await;
+        for _ in 0..10 {
+            assert_hello(&conn.send("GET", "/", "").await);
+        }
     }
 }
 
@@ -75,19 +90,22 @@ async fn http2_prior_knowledge() {
 /// is still open, so neither side was buffered whole.
 #[tokio::test]
 async fn bodies_stream_both_ways() {
-    let server = Server::start("testbed", &[]);
-    let mut socket = TcpStream::connect(server.addr).await.unwrap();
-    socket
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        .await
-        .unwrap();
-    let seen = read_until(&mut socket, "first").await;
-    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
-    assert!(!seen.contains("second"));
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &[]);
+        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        socket
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await
+            .unwrap();
+        let seen = read_until(&mut socket, "first").await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(!seen.contains("second"));
 
-    socket.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
-    let rest = read_until(&mut socket, "0\r\n\r\n").await;
-    assert!(rest.contains("second"), "{rest}");
+        socket.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+        let rest = read_until(&mut socket, "0\r\n\r\n").await;
+        assert!(rest.contains("second"), "{rest}");
+    }
 }
 
 /// Reads from `socket` until `needle` has been seen; fails after
@@ -118,36 +136,39 @@ async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
 /// every `Connection` line, not just the first).
 #[tokio::test]
 async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
-    let server = Server::start("testbed", &[]);
-    let mut client = e2e::RawClient::connect(server.addr).await;
-    client
-        .send(
-            b"PATCH /request?x=1&y=2 HTTP/1.1\r\nhost: example.test:8080\r\nx-kept: yes\r\n\
-              connection: close, x-hop\r\nx-hop: gone\r\nte: trailers\r\nkeep-alive: timeout=5\r\n\
-              connection: x-second\r\nx-second: gone\r\ncontent-length: 0\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let answer = client.read_to_close().await;
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-    for expected in [
-        "method Method::Patch\n",
-        "scheme Some(Scheme::Http)\n",
-        "authority example.test:8080\n",
-        "path /request?x=1&y=2\n",
-        "header x-kept: yes\n",
-    ] {
-        assert!(answer.contains(expected), "no {expected:?} in {answer}");
-    }
-    for hop in [
-        "header connection",
-        "header x-hop",
-        "header x-second",
-        "header te",
-        "header keep-alive",
-        "header host",
-    ] {
-        assert!(!answer.contains(hop), "{hop} reached the guest: {answer}");
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &[]);
+        let mut client = e2e::RawClient::connect(server.addr).await;
+        client
+            .send(
+                b"PATCH /request?x=1&y=2 HTTP/1.1\r\nhost: example.test:8080\r\nx-kept: yes\r\n\
+                  connection: close, x-hop\r\nx-hop: gone\r\nte: trailers\r\nkeep-alive: timeout=5\r\n\
+                  connection: x-second\r\nx-second: gone\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let answer = client.read_to_close().await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        for expected in [
+            "method Method::Patch\n",
+            "scheme Some(Scheme::Http)\n",
+            "authority example.test:8080\n",
+            "path /request?x=1&y=2\n",
+            "header x-kept: yes\n",
+        ] {
+            assert!(answer.contains(expected), "no {expected:?} in {answer}");
+        }
+        for hop in [
+            "header connection",
+            "header x-hop",
+            "header x-second",
+            "header te",
+            "header keep-alive",
+            "header host",
+        ] {
+            assert!(!answer.contains(hop), "{hop} reached the guest: {answer}");
+        }
     }
 }
 

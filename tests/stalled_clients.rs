@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::{RawClient, Server, get};
+use e2e::{RawClient, Server, TESTBEDS, get};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -76,46 +76,49 @@ async fn all_instances_freed(server: &Server) {
 /// are dropped at their deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_zero_window_cannot_lock_others_out() {
-    let server = Server::start(
-        "testbed",
-        &[
-            "--request-timeout",
-            REQUEST_TIMEOUT,
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
-    );
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("HTTP/2 handshake");
-    let reader = tokio::spawn(connection);
-    let uri = format!("http://{}/big?kb=256", server.addr);
-    let attacker = tokio::spawn(async move {
-        let mut pending = Vec::new();
-        for _ in 0..200 {
-            let Ok(mut client) = client.clone().ready().await else {
-                break;
-            };
-            let request = hyper::Request::get(&uri).body(()).unwrap();
-            match client.send_request(request, true) {
-                Ok((response, _)) => pending.push(response),
-                Err(_) => break,
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(
+            testbed,
+            &[
+                "--request-timeout",
+                REQUEST_TIMEOUT,
+                "--admin-addr",
+                "127.0.0.1:0",
+            ],
+        );
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .expect("HTTP/2 handshake");
+        let reader = tokio::spawn(connection);
+        let uri = format!("http://{}/big?kb=256", server.addr);
+        let attacker = tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for _ in 0..200 {
+                let Ok(mut client) = client.clone().ready().await else {
+                    break;
+                };
+                let request = hyper::Request::get(&uri).body(()).unwrap();
+                match client.send_request(request, true) {
+                    Ok((response, _)) => pending.push(response),
+                    Err(_) => break,
+                }
             }
-        }
-        // Hold the streams; never read their bodies.
-        std::future::pending::<()>().await;
-        drop(pending);
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+            // Hold the streams; never read their bodies.
+            std::future::pending::<()>().await;
+            drop(pending);
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
 
-    normal_clients_are_served(server.addr, Duration::from_secs(6)).await;
-    all_instances_freed(&server).await;
-    assert!(metric(&server, "wasi_http_server_guest_timeouts_total").await >= 1.0);
-    attacker.abort();
-    reader.abort();
+        normal_clients_are_served(server.addr, Duration::from_secs(6)).await;
+        all_instances_freed(&server).await;
+        assert!(metric(&server, "wasi_http_server_guest_timeouts_total").await >= 1.0);
+        attacker.abort();
+        reader.abort();
+    }
 }
 
 /// Attack 2: 150 HTTP/1.1 connections, more than the instance slots, each
@@ -125,31 +128,34 @@ async fn http2_zero_window_cannot_lock_others_out() {
 /// deadline, and every instance is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_clients_that_never_read_cannot_lock_others_out() {
-    let server = Server::start(
-        "testbed",
-        &[
-            "--request-timeout",
-            REQUEST_TIMEOUT,
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
-    );
-    let mut attackers = Vec::new();
-    for _ in 0..150 {
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        stream
-            .write_all(b"GET /big?kb=4096 HTTP/1.1\r\nhost: test\r\n\r\n")
-            .await
-            .unwrap();
-        attackers.push(stream);
-    }
-    // Until the attackers' socket buffers are full and they hold every slot.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(
+            testbed,
+            &[
+                "--request-timeout",
+                REQUEST_TIMEOUT,
+                "--admin-addr",
+                "127.0.0.1:0",
+            ],
+        );
+        let mut attackers = Vec::new();
+        for _ in 0..150 {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream
+                .write_all(b"GET /big?kb=4096 HTTP/1.1\r\nhost: test\r\n\r\n")
+                .await
+                .unwrap();
+            attackers.push(stream);
+        }
+        // Until the attackers' socket buffers are full and they hold every slot.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    normal_clients_are_served(server.addr, Duration::from_secs(6)).await;
-    all_instances_freed(&server).await;
-    assert!(metric(&server, "wasi_http_server_stalled_responses_evicted_total").await >= 1.0);
-    drop(attackers);
+        normal_clients_are_served(server.addr, Duration::from_secs(6)).await;
+        all_instances_freed(&server).await;
+        assert!(metric(&server, "wasi_http_server_stalled_responses_evicted_total").await >= 1.0);
+        drop(attackers);
+    }
 }
 
 /// A client that stops reading its response is disconnected after
@@ -157,28 +163,31 @@ async fn http1_clients_that_never_read_cannot_lock_others_out() {
 /// and the log and the metrics say why.
 #[tokio::test]
 async fn client_that_stops_reading_is_disconnected() {
-    let server = Server::start(
-        "testbed",
-        &["--write-timeout", "1s", "--admin-addr", "127.0.0.1:0"],
-    );
-    let mut client = RawClient::connect(server.addr).await;
-    client
-        .send(b"GET /big?kb=16384 HTTP/1.1\r\nhost: test\r\n\r\n")
-        .await
-        .unwrap();
-    server
-        .wait_for_log("took none of its response for --write-timeout")
-        .await;
-    let received = client.read_to_close().await;
-    assert!(received.starts_with("HTTP/1.1 200 "));
-    assert!(
-        received.len() < 16 << 20,
-        "the whole body arrived: {} bytes",
-        received.len()
-    );
-    assert_eq!(
-        metric(&server, "wasi_http_server_stalled_connections_closed_total").await,
-        1.0
-    );
-    all_instances_freed(&server).await;
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(
+            testbed,
+            &["--write-timeout", "1s", "--admin-addr", "127.0.0.1:0"],
+        );
+        let mut client = RawClient::connect(server.addr).await;
+        client
+            .send(b"GET /big?kb=16384 HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        server
+            .wait_for_log("took none of its response for --write-timeout")
+            .await;
+        let received = client.read_to_close().await;
+        assert!(received.starts_with("HTTP/1.1 200 "));
+        assert!(
+            received.len() < 16 << 20,
+            "the whole body arrived: {} bytes",
+            received.len()
+        );
+        assert_eq!(
+            metric(&server, "wasi_http_server_stalled_connections_closed_total").await,
+            1.0
+        );
+        all_instances_freed(&server).await;
+    }
 }

@@ -66,6 +66,13 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// The test components, one per kind of guest (WASI 0.2 and 0.3): every
+/// behaviour the two kinds share is tested against each.
+pub const TESTBEDS: [&str; 2] = ["testbed", "testbed-p3"];
+
+/// The hello components, WASI 0.2 and 0.3: both answer exactly as the seed.
+pub const HELLOS: [&str; 2] = ["hello", "hello-p3"];
+
 /// A running server process, killed when dropped.
 pub struct Server {
     child: Child,

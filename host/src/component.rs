@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use wasmtime::component::{Component, Linker, Resource};
+use wasmtime::component::{Component, ComponentNamedList, Lift, Linker, LinkerInstance, Resource};
 use wasmtime::error::Context;
 use wasmtime::wasmparser::Parser;
 use wasmtime::{
@@ -14,6 +14,7 @@ use wasmtime::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::cache;
 use crate::cli::Cli;
@@ -172,43 +173,86 @@ pub fn link(engine: &Engine, component: &Component) -> Result<GuestPre> {
     }
 }
 
-/// The `wasi:http/types` version our linker provides (wasmtime-wasi-http's
-/// WIT, vendored in `wit/deps`); older 0.2 guests are matched to it.
-const WASI_HTTP_TYPES: &str = "wasi:http/types@0.2.12";
+/// The `wasi:http/types` versions our linker provides (wasmtime-wasi-http's
+/// WIT); older guests of each are matched to them.
+const WASI_HTTP_TYPES_P2: &str = "wasi:http/types@0.2.12";
+const WASI_HTTP_TYPES_P3: &str = "wasi:http/types@0.3.0";
 
-/// Replaces `outgoing-request.set-method` and `set-authority` with versions
-/// that refuse a method longer than [`MAX_METHOD`] or an authority longer
-/// than [`MAX_AUTHORITY`], as they refuse invalid ones. wasi:http keeps both
-/// strings as given, so without this a guest could make the host hold its
-/// whole linear memory per request resource, outside any budget.
+/// Replaces the setters of an outgoing request's method and authority, in
+/// WASI 0.2 and 0.3, with versions that refuse a method longer than
+/// [`MAX_METHOD`] or an authority longer than [`MAX_AUTHORITY`], as they
+/// refuse invalid ones. wasi:http keeps both strings as given, so without
+/// this a guest could make the host hold its whole linear memory per request
+/// resource, outside any budget.
 fn bound_request_strings(linker: &mut Linker<RequestState>) -> Result<()> {
-    use wasmtime_wasi_http::WasiHttpView;
-    use wasmtime_wasi_http::p2::bindings::http::types::{
-        HostOutgoingRequest, Method, OutgoingRequest,
-    };
-    type Request = Resource<OutgoingRequest>;
+    use wasmtime_wasi_http::p2::bindings::http::types as p2;
+    use wasmtime_wasi_http::p3::Request as P3Request;
+    use wasmtime_wasi_http::p3::bindings::http::types as p3;
+
+    let long_p2_method =
+        |method: &p2::Method| matches!(method, p2::Method::Other(m) if m.len() > MAX_METHOD);
+    let long_p3_method =
+        |method: &p3::Method| matches!(method, p3::Method::Other(m) if m.len() > MAX_METHOD);
+    let long_authority =
+        |authority: &Option<String>| authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY);
 
     linker.allow_shadowing(true);
-    let mut types = linker.instance(WASI_HTTP_TYPES)?;
-    types.func_wrap(
+    let mut types = linker.instance(WASI_HTTP_TYPES_P2)?;
+    refuse_long::<p2::OutgoingRequest, _>(
+        &mut types,
         "[method]outgoing-request.set-method",
-        |mut store: StoreContextMut<'_, RequestState>, (request, method): (Request, Method)| {
-            if matches!(&method, Method::Other(other) if other.len() > MAX_METHOD) {
-                return Ok((Err(()),));
-            }
-            Ok((store.data_mut().http().set_method(request, method)?,))
-        },
+        long_p2_method,
+        |http, request, method| p2::HostOutgoingRequest::set_method(http, request, method),
     )?;
-    types.func_wrap(
+    refuse_long::<p2::OutgoingRequest, _>(
+        &mut types,
         "[method]outgoing-request.set-authority",
-        |mut store: StoreContextMut<'_, RequestState>,
-         (request, authority): (Request, Option<String>)| {
-            if authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY) {
-                return Ok((Err(()),));
-            }
-            Ok((store.data_mut().http().set_authority(request, authority)?,))
-        },
+        long_authority,
+        |http, request, authority| p2::HostOutgoingRequest::set_authority(http, request, authority),
+    )?;
+    let mut types = linker.instance(WASI_HTTP_TYPES_P3)?;
+    refuse_long::<P3Request, _>(
+        &mut types,
+        "[method]request.set-method",
+        long_p3_method,
+        |http, request, method| p3::HostRequest::set_method(http, request, method),
+    )?;
+    refuse_long::<P3Request, _>(
+        &mut types,
+        "[method]request.set-authority",
+        long_authority,
+        |http, request, authority| p3::HostRequest::set_authority(http, request, authority),
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// A wasi:http setter as wasmtime-wasi-http implements it: `Err(())` for a
+/// value it refuses.
+type Setter<R, A> =
+    fn(&mut WasiHttpCtxView<'_>, Resource<R>, A) -> Result<std::result::Result<(), ()>>;
+
+/// Defines `name` in `types` as a setter that answers `Err(())` (what
+/// wasi:http answers for an invalid value) when `too_long(value)`, and calls
+/// wasmtime-wasi-http's own `set` otherwise.
+fn refuse_long<R, A>(
+    types: &mut LinkerInstance<'_, RequestState>,
+    name: &str,
+    too_long: fn(&A) -> bool,
+    set: Setter<R, A>,
+) -> Result<()>
+where
+    R: 'static,
+    A: 'static,
+    (Resource<R>, A): ComponentNamedList + Lift + Send + Sync + 'static,
+{
+    types.func_wrap(
+        name,
+        move |mut store: StoreContextMut<'_, RequestState>, (target, value): (Resource<R>, A)| {
+            if too_long(&value) {
+                return Ok((Err(()),));
+            }
+            Ok((set(&mut store.data_mut().http(), target, value)?,))
+        },
+    )
 }

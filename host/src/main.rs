@@ -74,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
     let engine = component::engine(&cli)?;
     let loaded = reload::stamp(&cli.component);
     let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
+    let kind = pre.kind();
     let handler = Arc::new(Handler::new(pre, &cli, host));
 
     // This thread accepts connections and watches for signals; the workers
@@ -114,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         cli.max_concurrent_requests * wasi_http_server::state::MAX_OUTBOUND
     };
     let max_connections = fd_limit::max_connections(cli.max_connections, outbound);
+    info!("serving {}, a {kind} component", cli.component.display());
     info!(
         "each instance may hold {} resources in the host, {} at most \
          (--max-guest-host-memory), beside {} of linear memory (--max-memory)",

@@ -98,13 +98,16 @@ impl Reloader {
         })
         .await;
         let result = match compiled {
-            Ok(Ok(pre)) => self.handler.replace(pre).await,
+            Ok(Ok(pre)) => {
+                let kind = pre.kind();
+                self.handler.replace(pre).await.map(|()| kind)
+            }
             Ok(Err(err)) => Err(err),
             Err(panicked) => Err(wasmtime::format_err!("compiling panicked: {panicked}")),
         };
         match result {
-            Ok(()) => info!(
-                "reloaded {}: new requests go to the new component",
+            Ok(kind) => info!(
+                "reloaded {}, a {kind} component: new requests go to the new component",
                 self.cli.component.display()
             ),
             Err(err) => error!("reload failed, still serving the previous component: {err:#}"),

@@ -15,6 +15,7 @@
 //! | `/loop` | spins forever without calling the host |
 //! | `/alloc?mb=N` | allocates and touches N MiB, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` through `wasi:http/client`, answers its body or 502 and the error |
+//! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
 //! | `/request` | describes the request as the guest sees it |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
@@ -113,6 +114,17 @@ impl wasip3::exports::http::handler::Guest for Testbed {
                     Ok(body) => Ok(respond(200, body)),
                     Err(err) => Ok(respond(502, format!("{err}\n").into_bytes())),
                 }
+            }
+            "/set-method" => {
+                let len: usize = query_param(&query, "len").unwrap_or(1);
+                let (trailers, no_trailers) = wit_future::new(|| Ok(None));
+                drop(trailers);
+                let (outgoing, _sent) = Request::new(Fields::new(), None, no_trailers, None);
+                let answer = match outgoing.set_method(&Method::Other("X".repeat(len))) {
+                    Ok(()) => "accepted\n",
+                    Err(()) => "refused\n",
+                };
+                Ok(respond(200, answer.as_bytes().to_vec()))
             }
             "/request" => {
                 let mut seen = format!(
@@ -218,7 +230,7 @@ async fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     request.set_path_with_query(Some("/")).expect("valid path");
     let response = client::send(request)
         .await
-        .map_err(|code| format!("ErrorCode::{code:?}"))?;
+        .map_err(|code| format!("{code:?}"))?;
     let (done, read) = wit_future::new(|| Ok(()));
     let (body, _trailers): (StreamReader<u8>, _) = Response::consume_body(response, read);
     let bytes = body.collect().await;
