@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """`make bench`: our server against its peers, on loopback, with wrk.
 
-Starts, on 127.0.0.1: our server with hello.wasm, a plain hyper hello server
-(no wasm: the ceiling), the seed's Node.js server, and `wasmtime serve
-hello.wasm` with pooling on (when target/bench-tools has it). Runs the same wrk
+Starts, on 127.0.0.1: our server with hello.wasm (WASI 0.2) and with
+hello-p3.wasm (WASI 0.3), a plain hyper hello server (no wasm: the ceiling), the
+seed's Node.js server, and `wasmtime serve` with pooling on, with each of the two
+components (when target/bench-tools has it). Runs the same wrk
 load against each, in interleaved rounds so that drift on the machine hits all
 alike, then measures cold start (process start to first 200), idle RSS and RSS
 under 1,000 concurrent connections. Prints a Markdown report and writes it into
@@ -26,6 +27,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = os.path.join(ROOT, "target/components/hello.wasm")
+HELLO_P3 = os.path.join(ROOT, "target/components/hello-p3.wasm")
 WASMTIME = os.path.join(ROOT, "target/bench-tools/bin/wasmtime")
 READY_TIMEOUT = 30.0
 
@@ -47,8 +49,10 @@ def answers_200(url):
 class Server:
     """One server under test: how to start it on a given port."""
 
-    def __init__(self, name, argv, env=None):
+    def __init__(self, name, argv, env=None, ours=None):
         self.name, self.argv, self.env = name, argv, env or {}
+        # The row of ours this one is compared with: the same component.
+        self.ours = ours
         self.process = None
 
     def command(self, port):
@@ -150,16 +154,21 @@ def main():
     args = parser.parse_args()
 
     notes = []
+    ours_bin = os.path.join(ROOT, "target/release/wasi-http-server")
+    ours = Server("ours (wasi-http-server)", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"])
+    ours_p3 = Server("ours, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}"])
     servers = [
-        Server("ours (wasi-http-server)", [os.path.join(ROOT, "target/release/wasi-http-server"), HELLO, "--addr", "127.0.0.1:{port}"]),
-        Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"]),
-        Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}),
+        ours,
+        ours_p3,
+        Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours),
+        Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours),
     ]
     if os.access(WASMTIME, os.X_OK):
-        servers.append(Server("wasmtime serve (48, pooling)", [WASMTIME, "serve", "-O", "pooling-allocator=y", "--addr", "127.0.0.1:{port}", HELLO]))
+        serve = [WASMTIME, "serve", "-O", "pooling-allocator=y", "--addr", "127.0.0.1:{port}"]
+        servers.append(Server("wasmtime serve (48, pooling)", serve + [HELLO], ours=ours))
+        servers.append(Server("wasmtime serve, WASI 0.3 hello", serve + [HELLO_P3], ours=ours_p3))
     else:
         notes.append("`wasmtime serve` skipped: `cargo install wasmtime-cli` into target/bench-tools failed.")
-    ours = servers[0]
 
     # Cold start: each server alone on the machine, median of 5.
     cold = {}
@@ -191,11 +200,12 @@ def main():
     def median(name, i):
         return statistics.median(r[i] for r in results[name])
 
-    ours_rps = median(ours.name, 0)
     lines = [
         f"Run on {datetime.date.today().isoformat()}, {machine()}; server and load on the same machine.",
         f"wrk 1 thread, {args.connections} keep-alive connections, {args.rounds} interleaved rounds of {args.seconds} s;"
         " medians shown. Cold start: process start to first 200, median of 5.",
+        "",
+        "Ours ÷ it compares each server with ours serving the same component (the WASI 0.2 hello for hyper and Node).",
         "",
         "| server | req/s | ours ÷ it | p50 ms | p99 ms | cold start ms | idle RSS MiB | RSS, 1,000 conns MiB |",
         "|---|---|---|---|---|---|---|---|",
@@ -203,6 +213,7 @@ def main():
     for server in servers:
         name = server.name
         rps = median(name, 0)
+        ours_rps = median((server.ours or server).name, 0)
         problems = "; ".join(sorted({r[3] for r in results[name] if r[3]}))
         lines.append(
             f"| {name} | {rps:,.0f} | {ours_rps / rps:.2f} | {median(name, 1):.2f} | {median(name, 2):.2f} "

@@ -14,8 +14,8 @@ use crate::outbound::Destination;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// The component to serve: a WASI 0.2 component exporting
-    /// `wasi:http/incoming-handler`.
+    /// The component to serve: one exporting `wasi:http/incoming-handler`
+    /// (WASI 0.2) or `wasi:http/handler` (WASI 0.3), found out at load.
     pub component: PathBuf,
 
     /// Address to listen on. Loopback by default so that a first run exposes

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use hyper::body::Body;
 use hyper::{Request, Response, StatusCode, header};
 use tokio::sync::oneshot::error::RecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -27,16 +26,9 @@ use crate::guest_task::{self, GuestTask, Shared, TimedOut};
 use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::response::{self, ResponseBody};
+use crate::slots::{Slot, Slots};
 use crate::state::{HostBudget, RequestState, Sandbox};
 use crate::{wasi_p2, wasi_p3};
-
-/// How long a response must have waited on its client before a request
-/// that finds every instance slot taken may cut it off and take its slot.
-/// A client that is reading comes back for more within a round trip; half a
-/// second without taking a byte, while others queue, is a client that has
-/// stopped. Short enough that the request waiting gets its slot well within
-/// the default `--queue-timeout` (1 s).
-const EVICTION_GRACE: Duration = Duration::from_millis(500);
 
 /// Serves requests with fresh instances of one pre-linked component.
 pub struct Handler {
@@ -46,11 +38,8 @@ pub struct Handler {
     pre: ArcSwap<GuestPre>,
     /// What every request's store is built with.
     sandbox: Sandbox,
-    /// One permit per live instance (`--max-concurrent-requests`), held until
-    /// the instance's store is dropped.
-    instances: Arc<Semaphore>,
-    /// `--queue-timeout`: how long a request waits for a permit.
-    queue_timeout: Duration,
+    /// One per live instance (`--max-concurrent-requests`).
+    slots: Slots,
     /// `--request-timeout`: an instance's whole life, instantiation included.
     request_timeout: Duration,
     /// `--max-body`, in bytes.
@@ -69,8 +58,7 @@ impl Handler {
                 allowed_outbound: cli.allow_outbound.clone().into(),
                 env: cli.env.clone().into(),
             },
-            instances: Arc::new(Semaphore::new(cli.max_concurrent_requests)),
-            queue_timeout: cli.queue_timeout,
+            slots: Slots::new(cli.max_concurrent_requests, cli.queue_timeout),
             request_timeout: cli.request_timeout,
             max_body: cli.max_body.as_u64(),
         }
@@ -97,9 +85,7 @@ impl Handler {
     /// request does: the pool has exactly one set of resources per slot, so
     /// without one this could take a request's, or find none free.
     async fn try_instantiate(&self, pre: &GuestPre) -> wasmtime::Result<()> {
-        let Ok(_permit) = self.instances.clone().acquire_owned().await else {
-            wasmtime::bail!("the instance slots are closed");
-        };
+        let _slot = self.slots.wait().await;
         let mut store = self.new_store(engine(pre), RequestId::next());
         let deadline = Instant::now() + self.request_timeout;
         let instantiate = async {
@@ -140,8 +126,8 @@ impl Handler {
         if declared_length(&request).is_some_and(|len| len > self.max_body) {
             return response::too_large(id, self.max_body, None);
         }
-        let Some(permit) = self.slot().await else {
-            return response::unavailable(id, self.queue_timeout);
+        let Some(slot) = self.slots.take().await else {
+            return response::unavailable(id, self.slots.queue_timeout());
         };
         let deadline = Instant::now() + self.request_timeout;
 
@@ -170,10 +156,7 @@ impl Handler {
 
         let timeout = self.request_timeout;
         METRICS.instance_started();
-        let mut instance = Instance {
-            store,
-            _permit: permit,
-        };
+        let mut instance = Instance { store, _slot: slot };
         let shared = Arc::new(Shared::new(id));
         let reporter = shared.clone();
         let call = Box::pin(async move {
@@ -247,29 +230,6 @@ impl Handler {
             },
         }
     }
-
-    /// Takes an instance slot: at once if one is free (without arming a
-    /// timer), else within `--queue-timeout`, else `None`. While it waits it
-    /// evicts calls whose clients have stopped reading, so those cannot hold
-    /// every slot until their deadlines.
-    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = self.instances.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        let give_up = tokio::time::sleep(self.queue_timeout);
-        let mut give_up = std::pin::pin!(give_up);
-        // One wait, kept across the evictions, so the request keeps its place
-        // in the semaphore's queue.
-        let mut wait = std::pin::pin!(self.instances.clone().acquire_owned());
-        loop {
-            guest_task::evict_stalled(EVICTION_GRACE);
-            tokio::select! {
-                permit = &mut wait => return permit.ok(),
-                () = &mut give_up => return None,
-                () = tokio::time::sleep(EVICTION_GRACE / 4) => {}
-            }
-        }
-    }
 }
 
 /// The request as prepared for the guest's kind.
@@ -329,12 +289,12 @@ async fn within(
 }
 
 /// A request's store with its instance slot. Fields drop in order: the store
-/// (and every pooled resource its instance holds) before the permit, so a slot
+/// (and every pooled resource its instance holds) before the slot, so a slot
 /// is never handed to a new request while its old instance still occupies the
 /// pool.
 struct Instance {
     store: Store<RequestState>,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Drop for Instance {

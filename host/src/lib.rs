@@ -21,6 +21,7 @@ pub mod reload;
 pub mod request_body;
 pub mod response;
 pub mod server;
+pub mod slots;
 pub mod state;
 pub mod wasi_p2;
 pub mod wasi_p3;
