@@ -3,6 +3,7 @@
 //! component stops the process with one clear line instead of failing requests.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, ComponentNamedList, Lift, Linker, LinkerInstance, Resource};
@@ -49,9 +50,43 @@ const TABLE_ELEMENTS: usize = 100_000;
 /// for the rest. Costs up to this much RSS per warm slot.
 const KEEP_RESIDENT: usize = 1 << 20;
 
-/// Builds the engine every instance runs on, and starts the one thread that
-/// advances its epoch for the life of the engine.
-pub fn engine(cli: &Cli) -> Result<Engine> {
+/// The engines instances run on: one for WASI 0.2 components, and one, made
+/// when the first WASI 0.3 component is loaded, with the component model's
+/// async ABI on. A store of an engine with that ABI on sets up its
+/// concurrency machinery for every instance, which made each WASI 0.2
+/// request cost 40% more CPU (17.5 -> 24.3 us, BENCHMARKS.md); 0.2
+/// components never need it.
+pub struct Engines {
+    /// The command line the engines' pools are sized from.
+    cli: Arc<Cli>,
+    p2: Engine,
+    p3: OnceLock<Engine>,
+}
+
+impl Engines {
+    /// Builds the WASI 0.2 engine; the 0.3 one waits for a 0.3 component.
+    pub fn new(cli: Arc<Cli>) -> Result<Self> {
+        let p2 = engine(&cli, false)?;
+        Ok(Self {
+            cli,
+            p2,
+            p3: OnceLock::new(),
+        })
+    }
+
+    fn p3(&self) -> Result<&Engine> {
+        if let Some(engine) = self.p3.get() {
+            return Ok(engine);
+        }
+        let engine = engine(&self.cli, true)?;
+        // Only the reload task and startup load components, one at a time.
+        Ok(self.p3.get_or_init(|| engine))
+    }
+}
+
+/// Builds an engine, with the component model's async ABI (WASI 0.3) on or
+/// off, and starts the one thread that advances its epoch for its life.
+fn engine(cli: &Cli, wasi_p3: bool) -> Result<Engine> {
     let mut config = Config::new();
     config.allocation_strategy(pooling(cli));
     // Compiled code checks the epoch at function entries and loop headers, so
@@ -62,8 +97,9 @@ pub fn engine(cli: &Cli) -> Result<Engine> {
     // each log entry over many lines; the trap's cause is kept without it.
     config.wasm_backtrace_max_frames(None);
     // WASI 0.3 components use the component model's async ABI (streams,
-    // futures, async functions). wasmtime marks it experimental.
-    config.wasm_component_model_async(true);
+    // futures, async functions), which wasmtime marks experimental.
+    config.wasm_component_model_async(wasi_p3);
+    config.concurrency_support(wasi_p3);
     let engine = Engine::new(&config).context("configuring the wasm engine")?;
     let weak = engine.weak();
     std::thread::Builder::new()
@@ -127,7 +163,7 @@ impl GuestPre {
 
 /// Compiles the component at `path`, links it against WASI 0.2 and 0.3 and
 /// wasi:http, and finds which handler it exports.
-pub fn load(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<GuestPre> {
+pub fn load(engines: &Engines, path: &Path, cache_dir: Option<&Path>) -> Result<GuestPre> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     // wasmtime's own message for these two cases is a parser error at offset 0;
     // say what the file is instead.
@@ -140,24 +176,36 @@ pub fn load(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<Gu
     if !Parser::is_component(&bytes) {
         bail!("{} is not a WebAssembly component", path.display());
     }
-    let component = cache::load_or_compile(engine, &bytes, cache_dir)
-        .with_context(|| format!("{} is not a valid component", path.display()))?;
-    link(engine, &component).with_context(|| format!("cannot serve {}", path.display()))
+    // A component that the WASI 0.2 engine cannot compile uses the async ABI
+    // (or is broken): the 0.3 engine, which takes a superset, compiles it or
+    // says what is wrong.
+    let (component, wasi_p3) = match cache::load_or_compile(&engines.p2, &bytes, cache_dir) {
+        Ok(component) => (component, false),
+        Err(_) => {
+            let component = cache::load_or_compile(engines.p3()?, &bytes, cache_dir)
+                .with_context(|| format!("{} is not a valid component", path.display()))?;
+            (component, true)
+        }
+    };
+    link(&component, wasi_p3).with_context(|| format!("cannot serve {}", path.display()))
 }
 
 /// Links `component` against all of WASI 0.2 and 0.3 plus wasi:http and
 /// resolves its handler export, so that per request only instantiation is
 /// left. A component exporting `wasi:http/handler@0.3.x` is served as WASI
 /// 0.3, one exporting `wasi:http/incoming-handler@0.2.x` as WASI 0.2.
-pub fn link(engine: &Engine, component: &Component) -> Result<GuestPre> {
-    let mut linker = Linker::new(engine);
-    // All of WASI 0.2 and 0.3, as `wasmtime serve -S cli` links them: a plain
-    // std build imports `wasi:cli/environment` and friends.
+pub fn link(component: &Component, wasi_p3: bool) -> Result<GuestPre> {
+    let mut linker = Linker::new(component.engine());
+    // All of WASI 0.2 (and 0.3 on its engine), as `wasmtime serve -S cli`
+    // links them: a plain std build imports `wasi:cli/environment` and
+    // friends.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-    bound_request_strings(&mut linker)?;
+    if wasi_p3 {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    }
+    bound_request_strings(&mut linker, wasi_p3)?;
     let pre = linker
         .instantiate_pre(component)
         .context("the component imports something this server does not provide")?;
@@ -184,7 +232,7 @@ const WASI_HTTP_TYPES_P3: &str = "wasi:http/types@0.3.0";
 /// refuse invalid ones. wasi:http keeps both strings as given, so without
 /// this a guest could make the host hold its whole linear memory per request
 /// resource, outside any budget.
-fn bound_request_strings(linker: &mut Linker<RequestState>) -> Result<()> {
+fn bound_request_strings(linker: &mut Linker<RequestState>, wasi_p3: bool) -> Result<()> {
     use wasmtime_wasi_http::p2::bindings::http::types as p2;
     use wasmtime_wasi_http::p3::Request as P3Request;
     use wasmtime_wasi_http::p3::bindings::http::types as p3;
@@ -210,6 +258,10 @@ fn bound_request_strings(linker: &mut Linker<RequestState>) -> Result<()> {
         long_authority,
         |http, request, authority| p2::HostOutgoingRequest::set_authority(http, request, authority),
     )?;
+    if !wasi_p3 {
+        linker.allow_shadowing(false);
+        return Ok(());
+    }
     let mut types = linker.instance(WASI_HTTP_TYPES_P3)?;
     refuse_long::<P3Request, _>(
         &mut types,

@@ -71,9 +71,9 @@ fn run(cli: Cli) -> Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     // Compile and link before listening: a bad component never gets a port.
-    let engine = component::engine(&cli)?;
+    let engines = Arc::new(component::Engines::new(cli.clone())?);
     let loaded = reload::stamp(&cli.component);
-    let pre = component::load(&engine, &cli.component, cli.cache_dir().as_deref())?;
+    let pre = component::load(&engines, &cli.component, cli.cache_dir().as_deref())?;
     let kind = pre.kind();
     let handler = Arc::new(Handler::new(pre, &cli, host));
 
@@ -96,7 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         let listener =
             server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engine, handler.clone(), cli.clone(), loaded)
+        let reloader = Reloader::new(engines, handler.clone(), cli.clone(), loaded)
             .context("installing the SIGHUP handler")?;
         let admin = match cli.admin_addr {
             Some(addr) => Some(

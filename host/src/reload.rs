@@ -10,10 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
-use wasmtime::Engine;
 
 use crate::cli::Cli;
-use crate::component;
+use crate::component::{self, Engines};
 use crate::handler::Handler;
 
 /// How often `--watch` looks at the component file. Polling size and mtime
@@ -38,7 +37,7 @@ pub struct Reloader {
     hangup: Signal,
     /// The stamp of the file the current component was loaded from.
     loaded: Stamp,
-    engine: Engine,
+    engines: Arc<Engines>,
     handler: Arc<Handler>,
     cli: Arc<Cli>,
 }
@@ -47,7 +46,7 @@ impl Reloader {
     /// `loaded` is the file's stamp from before the running component was
     /// compiled, so a change made while it compiled is not missed.
     pub fn new(
-        engine: Engine,
+        engines: Arc<Engines>,
         handler: Arc<Handler>,
         cli: Arc<Cli>,
         loaded: Stamp,
@@ -55,7 +54,7 @@ impl Reloader {
         Ok(Self {
             hangup: signal(SignalKind::hangup())?,
             loaded,
-            engine,
+            engines,
             handler,
             cli,
         })
@@ -92,9 +91,9 @@ impl Reloader {
     }
 
     async fn reload(&self) {
-        let (engine, cli) = (self.engine.clone(), self.cli.clone());
+        let (engines, cli) = (self.engines.clone(), self.cli.clone());
         let compiled = tokio::task::spawn_blocking(move || {
-            component::load(&engine, &cli.component, cli.cache_dir().as_deref())
+            component::load(&engines, &cli.component, cli.cache_dir().as_deref())
         })
         .await;
         let result = match compiled {

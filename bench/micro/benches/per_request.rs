@@ -19,8 +19,9 @@ fn per_request(c: &mut Criterion) {
         "/../../target/components/hello.wasm"
     );
     let cli = Cli::parse_from(["per_request", hello]);
-    let engine = component::engine(&cli).expect("engine");
-    let pre = component::load(&engine, &cli.component, None).expect("run `make components` first");
+    let cli = std::sync::Arc::new(cli);
+    let engines = component::Engines::new(cli.clone()).expect("engine");
+    let pre = component::load(&engines, &cli.component, None).expect("run `make components` first");
     let host = HostBudget::new(
         cli.max_guest_host_memory.as_u64() as usize,
         cli.max_guest_fields_size.as_u64() as usize,
