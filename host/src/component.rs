@@ -3,7 +3,7 @@
 //! component stops the process with one clear line instead of failing requests.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use wasmtime::component::{Component, ComponentNamedList, Lift, Linker, LinkerInstance, Resource};
@@ -18,7 +18,6 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::cache;
-use crate::cli::Cli;
 use crate::state::{MAX_AUTHORITY, MAX_METHOD, RequestState};
 
 /// How often the engine's epoch advances: the granularity of
@@ -57,18 +56,27 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// request cost 40% more CPU (17.5 -> 24.3 us, BENCHMARKS.md); 0.2
 /// components never need it.
 pub struct Engines {
-    /// The command line the engines' pools are sized from.
-    cli: Arc<Cli>,
+    /// What the engines' instance pools are sized for.
+    pool: Pool,
     p2: Engine,
     p3: OnceLock<Engine>,
 }
 
+/// The sizes of an engine's instance pool.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    /// Instances alive at once (`--max-concurrent-requests`).
+    pub slots: usize,
+    /// Largest linear memory of one instance (`--max-memory`).
+    pub max_memory: usize,
+}
+
 impl Engines {
     /// Builds the WASI 0.2 engine; the 0.3 one waits for a 0.3 component.
-    pub fn new(cli: Arc<Cli>) -> Result<Self> {
-        let p2 = engine(&cli, false)?;
+    pub fn new(pool: Pool) -> Result<Self> {
+        let p2 = engine(pool, false)?;
         Ok(Self {
-            cli,
+            pool,
             p2,
             p3: OnceLock::new(),
         })
@@ -78,7 +86,7 @@ impl Engines {
         if let Some(engine) = self.p3.get() {
             return Ok(engine);
         }
-        let engine = engine(&self.cli, true)?;
+        let engine = engine(self.pool, true)?;
         // Only the reload task and startup load components, one at a time.
         Ok(self.p3.get_or_init(|| engine))
     }
@@ -86,9 +94,9 @@ impl Engines {
 
 /// Builds an engine, with the component model's async ABI (WASI 0.3) on or
 /// off, and starts the one thread that advances its epoch for its life.
-fn engine(cli: &Cli, wasi_p3: bool) -> Result<Engine> {
+fn engine(pool: Pool, wasi_p3: bool) -> Result<Engine> {
     let mut config = Config::new();
-    config.allocation_strategy(pooling(cli));
+    config.allocation_strategy(pooling(pool));
     // Compiled code checks the epoch at function entries and loop headers, so
     // a guest that never calls the host can still be stopped.
     config.epoch_interruption(true);
@@ -120,8 +128,8 @@ fn engine(cli: &Cli, wasi_p3: bool) -> Result<Engine> {
 /// `--max-concurrent-requests`, and reused; a fresh instance takes a slot
 /// instead of mapping new memory. The pool and the handler's semaphore share
 /// the same count, so a request that got a permit always finds a slot.
-fn pooling(cli: &Cli) -> InstanceAllocationStrategy {
-    let slots = u32::try_from(cli.max_concurrent_requests).unwrap_or(u32::MAX);
+fn pooling(sizes: Pool) -> InstanceAllocationStrategy {
+    let slots = u32::try_from(sizes.slots).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -132,7 +140,7 @@ fn pooling(cli: &Cli) -> InstanceAllocationStrategy {
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .table_elements(TABLE_ELEMENTS)
         .total_stacks(slots)
-        .max_memory_size(usize::try_from(cli.max_memory.as_u64()).unwrap_or(usize::MAX))
+        .max_memory_size(sizes.max_memory)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         // Measured: for small guests, zeroing their few resident pages is

@@ -19,7 +19,6 @@ use tokio::time::Instant;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::cli::Cli;
 use crate::component::GuestPre;
 use crate::guest_output::RequestId;
 use crate::guest_task::{self, GuestTask, Shared, TimedOut};
@@ -27,8 +26,22 @@ use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::response::{self, ResponseBody};
 use crate::slots::{Slot, Slots};
-use crate::state::{HostBudget, RequestState, Sandbox};
+use crate::state::{RequestState, Sandbox};
 use crate::{wasi_p2, wasi_p3};
+
+/// What a request may use, as the command line sets it.
+pub struct Limits {
+    /// What every request's store is built with.
+    pub sandbox: Sandbox,
+    /// `--max-concurrent-requests`: instances alive at once.
+    pub max_concurrent_requests: usize,
+    /// `--queue-timeout`: how long a request waits for an instance slot.
+    pub queue_timeout: Duration,
+    /// `--request-timeout`: an instance's whole life.
+    pub request_timeout: Duration,
+    /// `--max-body`, in bytes.
+    pub max_body: u64,
+}
 
 /// Serves requests with fresh instances of one pre-linked component.
 pub struct Handler {
@@ -47,20 +60,13 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(pre: GuestPre, cli: &Cli, host: HostBudget) -> Self {
-        let to_usize = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+    pub fn new(pre: GuestPre, limits: Limits) -> Self {
         Self {
             pre: ArcSwap::from_pointee(pre),
-            sandbox: Sandbox {
-                max_memory: to_usize(cli.max_memory.as_u64()),
-                host,
-                max_output: to_usize(cli.max_guest_output.as_u64()),
-                allowed_outbound: cli.allow_outbound.clone().into(),
-                env: cli.env.clone().into(),
-            },
-            slots: Slots::new(cli.max_concurrent_requests, cli.queue_timeout),
-            request_timeout: cli.request_timeout,
-            max_body: cli.max_body.as_u64(),
+            sandbox: limits.sandbox,
+            slots: Slots::new(limits.max_concurrent_requests, limits.queue_timeout),
+            request_timeout: limits.request_timeout,
+            max_body: limits.max_body,
         }
     }
 

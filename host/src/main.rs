@@ -14,9 +14,10 @@ use tracing::info;
 use tracing_appender::non_blocking::NonBlockingBuilder;
 use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
-use wasi_http_server::handler::Handler;
-use wasi_http_server::reload::{self, Reloader};
-use wasi_http_server::state::HostBudget;
+use wasi_http_server::component::Pool;
+use wasi_http_server::handler::{Handler, Limits};
+use wasi_http_server::reload::{self, Reloader, Source};
+use wasi_http_server::state::{HostBudget, Sandbox};
 use wasi_http_server::{component, fd_limit, guest_output, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
@@ -63,19 +64,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sizes given on the command line, as the layers below take them.
+fn bytes(size: bytesize::ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let cli = Arc::new(cli);
+    // The command line becomes each layer's settings here; nothing below
+    // sees it.
     let host = HostBudget::new(
-        usize::try_from(cli.max_guest_host_memory.as_u64()).unwrap_or(usize::MAX),
-        usize::try_from(cli.max_guest_fields_size.as_u64()).unwrap_or(usize::MAX),
+        bytes(cli.max_guest_host_memory),
+        bytes(cli.max_guest_fields_size),
     )
     .map_err(anyhow::Error::msg)?;
+    let limits = Limits {
+        sandbox: Sandbox {
+            max_memory: bytes(cli.max_memory),
+            host,
+            max_output: bytes(cli.max_guest_output),
+            allowed_outbound: cli.allow_outbound.clone().into(),
+            env: cli.env.clone().into(),
+        },
+        max_concurrent_requests: cli.max_concurrent_requests,
+        queue_timeout: cli.queue_timeout,
+        request_timeout: cli.request_timeout,
+        max_body: cli.max_body.as_u64(),
+    };
+    let pool = Pool {
+        slots: cli.max_concurrent_requests,
+        max_memory: bytes(cli.max_memory),
+    };
+    let source = Source {
+        path: cli.component.clone(),
+        cache_dir: cli.cache_dir(),
+        watch: cli.watch,
+    };
+
     // Compile and link before listening: a bad component never gets a port.
-    let engines = Arc::new(component::Engines::new(cli.clone())?);
-    let loaded = reload::stamp(&cli.component);
-    let pre = component::load(&engines, &cli.component, cli.cache_dir().as_deref())?;
+    let engines = Arc::new(component::Engines::new(pool)?);
+    let loaded = reload::stamp(&source.path);
+    let pre = component::load(&engines, &source.path, source.cache_dir.as_deref())?;
     let kind = pre.kind();
-    let handler = Arc::new(Handler::new(pre, &cli, host));
+    let handler = Arc::new(Handler::new(pre, limits));
 
     // This thread accepts connections and watches for signals; the workers
     // serve them.
@@ -96,7 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         let listener =
             server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engines, handler.clone(), cli.clone(), loaded)
+        let reloader = Reloader::new(engines, handler.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
         let admin = match cli.admin_addr {
             Some(addr) => Some(
@@ -114,7 +144,17 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         cli.max_concurrent_requests * wasi_http_server::state::MAX_OUTBOUND
     };
-    let max_connections = fd_limit::max_connections(cli.max_connections, outbound);
+    let settings = Arc::new(server::Settings {
+        threads: cli.threads,
+        access_log: cli.access_log,
+        max_header_size: bytes(cli.max_header_size),
+        header_read_timeout: cli.header_read_timeout,
+        idle_timeout: cli.idle_timeout,
+        write_timeout: cli.write_timeout,
+        max_streams_per_connection: cli.max_streams_per_connection,
+        max_connections: fd_limit::max_connections(cli.max_connections, outbound),
+        shutdown_timeout: cli.shutdown_timeout,
+    });
     info!("serving {}, a {kind} component", cli.component.display());
     info!(
         "each instance may hold {} resources in the host, {} at most \
@@ -123,7 +163,8 @@ fn run(cli: Cli) -> Result<()> {
         bytesize::ByteSize(host.bound() as u64),
         cli.max_memory
     );
-    let workers = server::spawn(handler, cli.clone()).context("starting the worker threads")?;
+    let workers =
+        server::spawn(handler, settings.clone()).context("starting the worker threads")?;
     // The first line on stdout; scripts and tests wait for it. With
     // --admin-addr a second line gives the admin endpoint's address.
     println!("Server running at http://{}/", listener.local_addr()?);
@@ -133,7 +174,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     runtime.block_on(async {
         tokio::select! {
-            () = server::accept(listener, &workers, shutdown, max_connections, &cli) => {}
+            () = server::accept(listener, &workers, shutdown, &settings) => {}
             () = reloader.run() => {}
         }
     });

@@ -4,14 +4,13 @@
 //! flight finish on the old one. If anything fails, the old component keeps
 //! serving and the log says why.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
-use crate::cli::Cli;
 use crate::component::{self, Engines};
 use crate::handler::Handler;
 
@@ -39,7 +38,17 @@ pub struct Reloader {
     loaded: Stamp,
     engines: Arc<Engines>,
     handler: Arc<Handler>,
-    cli: Arc<Cli>,
+    source: Source,
+}
+
+/// Where the component comes from, and whether to watch it.
+pub struct Source {
+    /// The component file.
+    pub path: PathBuf,
+    /// The compile cache, unless `--no-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// `--watch`: reload when the file changes, not only on SIGHUP.
+    pub watch: bool,
 }
 
 impl Reloader {
@@ -48,7 +57,7 @@ impl Reloader {
     pub fn new(
         engines: Arc<Engines>,
         handler: Arc<Handler>,
-        cli: Arc<Cli>,
+        source: Source,
         loaded: Stamp,
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -56,7 +65,7 @@ impl Reloader {
             loaded,
             engines,
             handler,
-            cli,
+            source,
         })
     }
 
@@ -68,9 +77,9 @@ impl Reloader {
         let mut changing: Option<Stamp> = None;
         loop {
             tokio::select! {
-                _ = self.hangup.recv() => info!("SIGHUP received: reloading {}", self.cli.component.display()),
-                _ = ticks.tick(), if self.cli.watch => {
-                    let now = stamp(&self.cli.component);
+                _ = self.hangup.recv() => info!("SIGHUP received: reloading {}", self.source.path.display()),
+                _ = ticks.tick(), if self.source.watch => {
+                    let now = stamp(&self.source.path);
                     if now == current {
                         changing = None;
                         continue;
@@ -81,19 +90,20 @@ impl Reloader {
                         changing = Some(now);
                         continue;
                     }
-                    info!("{} changed: reloading", self.cli.component.display());
+                    info!("{} changed: reloading", self.source.path.display());
                 }
             }
-            current = stamp(&self.cli.component);
+            current = stamp(&self.source.path);
             changing = None;
             self.reload().await;
         }
     }
 
     async fn reload(&self) {
-        let (engines, cli) = (self.engines.clone(), self.cli.clone());
+        let engines = self.engines.clone();
+        let (path, cache_dir) = (self.source.path.clone(), self.source.cache_dir.clone());
         let compiled = tokio::task::spawn_blocking(move || {
-            component::load(&engines, &cli.component, cli.cache_dir().as_deref())
+            component::load(&engines, &path, cache_dir.as_deref())
         })
         .await;
         let result = match compiled {
@@ -107,7 +117,7 @@ impl Reloader {
         match result {
             Ok(kind) => info!(
                 "reloaded {}, a {kind} component: new requests go to the new component",
-                self.cli.component.display()
+                self.source.path.display()
             ),
             Err(err) => error!("reload failed, still serving the previous component: {err:#}"),
         }

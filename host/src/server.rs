@@ -30,7 +30,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::cli::Cli;
 use crate::guest_output::RequestId;
 use crate::handler::Handler;
 use crate::metrics::METRICS;
@@ -68,6 +67,29 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
 }
 
+/// How connections are served, as the command line sets it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--threads`: worker threads, each with its own event loop.
+    pub threads: usize,
+    /// `--access-log`: a line per request.
+    pub access_log: bool,
+    /// `--max-header-size`, in bytes.
+    pub max_header_size: usize,
+    /// `--header-read-timeout`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--write-timeout`.
+    pub write_timeout: Duration,
+    /// `--max-streams-per-connection` (HTTP/2).
+    pub max_streams_per_connection: u32,
+    /// `--max-connections`, as derived from the open file limit if not given.
+    pub max_connections: usize,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Duration,
+}
+
 /// The worker threads; `drain` stops them.
 pub struct Workers {
     inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
@@ -76,20 +98,20 @@ pub struct Workers {
 
 /// Starts `--threads` worker threads, each serving the connections it is
 /// given with `handler` on its own single-threaded runtime.
-pub fn spawn(handler: Arc<Handler>, cli: Arc<Cli>) -> std::io::Result<Workers> {
+pub fn spawn(handler: Arc<Handler>, settings: Arc<Settings>) -> std::io::Result<Workers> {
     let mut workers = Workers {
         inboxes: Vec::new(),
         threads: Vec::new(),
     };
-    for i in 0..cli.threads.max(1) {
+    for i in 0..settings.threads.max(1) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let (inbox, incoming) = mpsc::unbounded_channel();
-        let (handler, cli) = (handler.clone(), cli.clone());
+        let (handler, settings) = (handler.clone(), settings.clone());
         let thread = std::thread::Builder::new()
             .name(format!("worker-{i}"))
-            .spawn(move || runtime.block_on(serve(incoming, handler, &cli)))?;
+            .spawn(move || runtime.block_on(serve(incoming, handler, &settings)))?;
         workers.inboxes.push(inbox);
         workers.threads.push(thread);
     }
@@ -113,9 +135,9 @@ pub async fn accept(
     listener: TcpListener,
     workers: &Workers,
     shutdown: impl Future<Output = ()>,
-    max_connections: usize,
-    cli: &Cli,
+    settings: &Settings,
 ) {
+    let max_connections = settings.max_connections;
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     for next in (0..workers.inboxes.len()).cycle() {
@@ -165,25 +187,29 @@ pub async fn accept(
     }
     info!(
         "shutting down: no longer accepting, draining in-flight requests for up to {:?}",
-        cli.shutdown_timeout
+        settings.shutdown_timeout
     );
 }
 
 /// One worker: serves each connection it is given on a task of its own, then,
 /// once its inbox closes, drains.
-async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Handler>, cli: &Cli) {
+async fn serve(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    handler: Arc<Handler>,
+    settings: &Settings,
+) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     // hyper's timeouts only run with a timer. A head that does not fit the
     // read buffer is answered 431; hyper's floor for the buffer is 8 KiB.
-    let max_head = usize::try_from(cli.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    let max_head = settings.max_header_size;
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cli.header_read_timeout)
+        .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(max_head.max(8192));
     http.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
-        .max_concurrent_streams(cli.max_streams_per_connection);
+        .max_concurrent_streams(settings.max_streams_per_connection);
     let graceful = GracefulShutdown::new();
 
     while let Some(Accepted {
@@ -202,7 +228,7 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
         let activity = Arc::new(Activity::new());
         let handler = handler.clone();
         let tracker = activity.clone();
-        let access_log = cli.access_log;
+        let access_log = settings.access_log;
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
             let in_flight = InFlight::start(tracker.clone());
@@ -221,7 +247,7 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        let (idle_timeout, write_timeout) = (cli.idle_timeout, cli.write_timeout);
+        let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
@@ -243,7 +269,7 @@ async fn serve(mut incoming: mpsc::UnboundedReceiver<Accepted>, handler: Arc<Han
 
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(cli.shutdown_timeout) => {
+        () = tokio::time::sleep(settings.shutdown_timeout) => {
             warn!("--shutdown-timeout over; closing the remaining connections");
         }
     }

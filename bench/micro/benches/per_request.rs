@@ -3,31 +3,43 @@
 //! to that path can be judged here in microseconds (`make bench` runs it).
 
 use bytes::Bytes;
-use clap::Parser;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
-use wasi_http_server::cli::Cli;
+use std::time::Duration;
 use wasi_http_server::component;
 use wasi_http_server::guest_output::RequestId;
-use wasi_http_server::handler::Handler;
-use wasi_http_server::state::HostBudget;
+
+use wasi_http_server::component::Pool;
+use wasi_http_server::handler::{Handler, Limits};
+use wasi_http_server::state::{HostBudget, Sandbox};
 
 fn per_request(c: &mut Criterion) {
     let hello = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../target/components/hello.wasm"
     );
-    let cli = Cli::parse_from(["per_request", hello]);
-    let cli = std::sync::Arc::new(cli);
-    let engines = component::Engines::new(cli.clone()).expect("engine");
-    let pre = component::load(&engines, &cli.component, None).expect("run `make components` first");
-    let host = HostBudget::new(
-        cli.max_guest_host_memory.as_u64() as usize,
-        cli.max_guest_fields_size.as_u64() as usize,
-    )
-    .expect("the default budget");
-    let handler = Handler::new(pre, &cli, host);
+    // The server's defaults.
+    let engines = component::Engines::new(Pool {
+        slots: 128,
+        max_memory: 128 << 20,
+    })
+    .expect("engine");
+    let pre = component::load(&engines, hello.as_ref(), None).expect("run `make components` first");
+    let limits = Limits {
+        sandbox: Sandbox {
+            max_memory: 128 << 20,
+            host: HostBudget::new(64 << 20, 32 << 10).expect("the default budget"),
+            max_output: 256 << 10,
+            allowed_outbound: Vec::new().into(),
+            env: Vec::new().into(),
+        },
+        max_concurrent_requests: 128,
+        queue_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(30),
+        max_body: 10 << 20,
+    };
+    let handler = Handler::new(pre, limits);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
