@@ -103,6 +103,12 @@ impl WasiHttpHooks for OutboundPolicy {
         BODY_BUFFER_CHUNKS
     }
 
+    /// A WASI 0.3 body is copied out of the guest this much at a time, so
+    /// its buffer fits the same bound as a 0.2 body's.
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: Request<WasiBody>,
