@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use e2e::{Conn, HELLOS, STEP_TIMEOUT, Server, TESTBEDS, assert_hello, get};
+use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -185,4 +186,21 @@ async fn authority_comes_from_an_absolute_uri() {
     let answer = client.read_to_close().await;
     assert!(answer.contains("authority from-uri.test:9\n"), "{answer}");
     assert!(answer.contains("path /request\n"), "{answer}");
+}
+
+/// Trailers the guest sets after its body reach the client (over HTTP/2,
+/// where trailers need no opt-in from the client).
+#[tokio::test]
+async fn trailers_reach_the_client() {
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &[]);
+        let reply = Conn::http2(server.addr)
+            .await
+            .send("GET", "/trailers", "")
+            .await;
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "body\n"));
+        let trailers = reply.trailers.expect("trailers");
+        assert_eq!(trailers["x-trailer"], "yes");
+    }
 }

@@ -316,6 +316,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The trailers, if the response had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -374,11 +376,13 @@ impl Conn {
                 }
             };
             let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
+            let collected = body.collect().await?;
+            let trailers = collected.trailers().cloned();
             Ok::<_, hyper::Error>(Reply {
                 status: parts.status,
                 headers: parts.headers,
-                body,
+                body: collected.to_bytes(),
+                trailers,
             })
         };
         match tokio::time::timeout(STEP_TIMEOUT, exchange).await {

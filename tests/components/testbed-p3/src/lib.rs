@@ -16,6 +16,7 @@
 //! | `/alloc?mb=N` | allocates and touches N MiB, then answers |
 //! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` through `wasi:http/client`, answers its body or 502 and the error |
 //! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
+//! | `/trailers` | answers `body` with a trailer `x-trailer: yes` |
 //! | `/request` | describes the request as the guest sees it |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
@@ -93,6 +94,22 @@ impl wasip3::exports::http::handler::Guest for Testbed {
                     }
                     body.write_all(vec![b'x'; (kb % 4) * 1024]).await;
                 }))
+            }
+            "/trailers" => {
+                let headers =
+                    Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+                        .expect("static headers are valid");
+                let (mut body, contents) = wit_stream::new();
+                let (trailers, trailers_rx) = wit_future::new(|| Ok(None));
+                let (response, _sent) = Response::new(headers, Some(contents), trailers_rx);
+                wit_bindgen::spawn(async move {
+                    body.write_all(b"body\n".to_vec()).await;
+                    drop(body);
+                    let fields = Fields::from_list(&[("x-trailer".to_string(), b"yes".to_vec())])
+                        .expect("static trailers are valid");
+                    let _ = trailers.write(Ok(Some(fields))).await;
+                });
+                Ok(response)
             }
             "/loop" => {
                 let mut n = 0u64;

@@ -20,6 +20,7 @@
 //! | `/big?kb=N` | answers with N KiB of `x`, written 4 KiB at a time |
 //! | `/hoard?fields=N&kb=K` | builds N header sets of K KiB each and keeps them all, then answers how many it got (traps when the host refuses one) |
 //! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
+//! | `/trailers` | answers `body` with a trailer `x-trailer: yes` |
 //! | `/request` | describes the request as the guest sees it, one line per field |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
 //! | `/print-control` | prints a line holding a terminal escape and a carriage return that tries to start a forged log line |
@@ -169,6 +170,14 @@ impl Guest for Testbed {
                     Err(()) => "refused\n",
                 };
                 respond(response_out, answer.as_bytes());
+            }
+            "/trailers" => {
+                let (out, stream) = start_response(response_out);
+                write_all(&stream, b"body\n");
+                drop(stream);
+                let trailers = Fields::from_list(&[("x-trailer".to_string(), b"yes".to_vec())])
+                    .expect("static trailers are valid");
+                OutgoingBody::finish(out, Some(trailers)).expect("finishing the body");
             }
             "/loop" => {
                 let mut n = 0u64;
