@@ -1,7 +1,8 @@
-//! One request, one instance: takes an instance slot, builds a fresh
-//! `Store`, hands the request to the guest's `wasi:http/incoming-handler`
-//! call (run by [`crate::guest_task`]) and turns what the guest does into a
-//! hyper response (written by [`crate::response`]).
+//! One request, one instance: takes an instance slot ([`crate::slots`]),
+//! builds a fresh `Store`, hands the request to the guest's handler, WASI 0.2
+//! or 0.3 ([`crate::wasi_p2`], [`crate::wasi_p3`]), on a call run by
+//! [`crate::guest_task`], and turns what the guest does into a hyper response
+//! (written by [`crate::response`]).
 
 use std::fmt;
 use std::future::{Future, poll_fn};

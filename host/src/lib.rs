@@ -2,10 +2,13 @@
 //! WebAssembly component.
 //!
 //! The request path, in the order a request meets it: [`server`] accepts the
-//! connection and speaks HTTP; [`handler`] gives each request a new `Store` and
-//! instance and turns what the guest does into a response; [`component`] did
-//! everything that can be done once (engine, compilation, linking) at startup;
-//! [`state`] is what each instance's `Store` holds.
+//! connection and speaks HTTP; [`handler`] takes an instance slot
+//! ([`slots`]), gives the request a new `Store` and instance, and turns what
+//! the guest does into a response ([`response`]); [`wasi_p2`] and
+//! [`wasi_p3`] hold what differs between the two kinds of guest;
+//! [`guest_task`] runs the guest's call under its deadline; [`component`]
+//! did everything that can be done once (engines, compilation, linking) at
+//! startup; [`state`] is what each instance's `Store` holds.
 
 pub mod admin;
 pub mod cache;
