@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use e2e::{Conn, STEP_TIMEOUT, Server};
+use e2e::{Conn, STEP_TIMEOUT, Server, ZeroWindowClient};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -63,30 +62,10 @@ fn stall_until(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
         let (stop_h2, opened_h2) = (stop.clone(), opened.clone());
         stallers.push(tokio::spawn(async move {
             while !stop_h2.load(Ordering::Relaxed) {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                let Ok((client, connection)) = h2::client::Builder::new()
-                    .initial_window_size(0)
-                    .handshake::<_, Bytes>(tcp)
-                    .await
-                else {
-                    continue;
-                };
-                let reader = tokio::spawn(connection);
+                let client = ZeroWindowClient::open(addr, "/big?kb=256", 16).await;
                 opened_h2.fetch_add(1, Ordering::Relaxed);
-                let mut streams = Vec::new();
-                for _ in 0..16 {
-                    let Ok(mut client) = client.clone().ready().await else {
-                        break;
-                    };
-                    let request = hyper::Request::get(format!("http://{addr}/big?kb=256"))
-                        .body(())
-                        .unwrap();
-                    if let Ok((response, _)) = client.send_request(request, true) {
-                        streams.push(response);
-                    }
-                }
                 tokio::time::sleep(STALL_HOLD).await;
-                reader.abort();
+                drop(client);
             }
         }));
         for staller in stallers {

@@ -5,8 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use e2e::{RawClient, Server, TESTBEDS, get};
+use e2e::{RawClient, Server, TESTBEDS, ZeroWindowClient, get};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -69,6 +68,20 @@ async fn all_instances_freed(server: &Server) {
     }
 }
 
+/// A server for the attacks: `testbed` with the short [`REQUEST_TIMEOUT`]
+/// and the admin endpoint, for its metrics.
+fn attacked_server(testbed: &str) -> Server {
+    Server::start(
+        testbed,
+        &[
+            "--request-timeout",
+            REQUEST_TIMEOUT,
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
 /// Attack 1: one HTTP/2 connection sets its initial window to 0, opens 200
 /// streams on a 256 KiB response and never sends a WINDOW_UPDATE, while
 /// reading frames. A normal client is answered 200 within a second
@@ -78,46 +91,14 @@ async fn all_instances_freed(server: &Server) {
 async fn http2_zero_window_cannot_lock_others_out() {
     for testbed in TESTBEDS {
         println!("with {testbed}");
-        let server = Server::start(
-            testbed,
-            &[
-                "--request-timeout",
-                REQUEST_TIMEOUT,
-                "--admin-addr",
-                "127.0.0.1:0",
-            ],
-        );
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
-        let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .expect("HTTP/2 handshake");
-        let reader = tokio::spawn(connection);
-        let uri = format!("http://{}/big?kb=256", server.addr);
-        let attacker = tokio::spawn(async move {
-            let mut pending = Vec::new();
-            for _ in 0..200 {
-                let Ok(mut client) = client.clone().ready().await else {
-                    break;
-                };
-                let request = hyper::Request::get(&uri).body(()).unwrap();
-                match client.send_request(request, true) {
-                    Ok((response, _)) => pending.push(response),
-                    Err(_) => break,
-                }
-            }
-            // Hold the streams; never read their bodies.
-            std::future::pending::<()>().await;
-            drop(pending);
-        });
+        let server = attacked_server(testbed);
+        let attacker = ZeroWindowClient::open(server.addr, "/big?kb=256", 200).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         normal_clients_are_served(server.addr, Duration::from_secs(6)).await;
         all_instances_freed(&server).await;
         assert!(metric(&server, "wasi_http_server_guest_timeouts_total").await >= 1.0);
-        attacker.abort();
-        reader.abort();
+        drop(attacker);
     }
 }
 
@@ -130,15 +111,7 @@ async fn http2_zero_window_cannot_lock_others_out() {
 async fn http1_clients_that_never_read_cannot_lock_others_out() {
     for testbed in TESTBEDS {
         println!("with {testbed}");
-        let server = Server::start(
-            testbed,
-            &[
-                "--request-timeout",
-                REQUEST_TIMEOUT,
-                "--admin-addr",
-                "127.0.0.1:0",
-            ],
-        );
+        let server = attacked_server(testbed);
         let mut attackers = Vec::new();
         for _ in 0..150 {
             let mut stream = TcpStream::connect(server.addr).await.unwrap();

@@ -485,3 +485,51 @@ impl Server {
             .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 }
+
+/// An HTTP/2 client that never takes its responses: its initial flow-control
+/// window is 0 and it never sends a WINDOW_UPDATE, while it goes on reading
+/// frames. Its streams and connection go when it is dropped.
+pub struct ZeroWindowClient {
+    /// Opens the streams, then holds them.
+    opener: tokio::task::JoinHandle<()>,
+    /// Reads the connection's frames.
+    reader: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+impl ZeroWindowClient {
+    /// Connects and asks for `path` on `streams` streams, opened in the
+    /// background as fast as the server's stream limit admits them.
+    pub async fn open(addr: SocketAddr, path: &str, streams: usize) -> ZeroWindowClient {
+        let tcp = TcpStream::connect(addr).await.expect("connecting");
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .expect("HTTP/2 handshake");
+        let reader = tokio::spawn(connection);
+        let uri = format!("http://{addr}{path}");
+        let opener = tokio::spawn(async move {
+            let mut pending = Vec::new();
+            for _ in 0..streams {
+                let Ok(mut client) = client.clone().ready().await else {
+                    break;
+                };
+                let request = Request::get(&uri).body(()).expect("valid request");
+                match client.send_request(request, true) {
+                    Ok((response, _)) => pending.push(response),
+                    Err(_) => break,
+                }
+            }
+            // Hold the streams; never read their bodies.
+            std::future::pending::<()>().await;
+        });
+        ZeroWindowClient { opener, reader }
+    }
+}
+
+impl Drop for ZeroWindowClient {
+    fn drop(&mut self) {
+        self.opener.abort();
+        self.reader.abort();
+    }
+}

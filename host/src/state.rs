@@ -123,7 +123,9 @@ const MIN_RESOURCES: usize = 64;
 pub struct Sandbox {
     /// `--max-memory`: all of an instance's linear memories together.
     pub max_memory: usize,
+    /// `--max-guest-host-memory`: what the guest may make the host keep.
     pub host: HostBudget,
+    /// `--allow-outbound`: where the guest may send HTTP requests.
     pub allowed_outbound: Arc<[Destination]>,
     /// `--max-guest-output`: bytes a request may write to stdout and stderr.
     pub max_output: usize,
