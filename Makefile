@@ -10,12 +10,17 @@ HELLO := $(COMPONENTS)/hello.wasm
 TESTBED := $(COMPONENTS)/testbed.wasm
 HELLO_P3 := $(COMPONENTS)/hello-p3.wasm
 TESTBED_P3 := $(COMPONENTS)/testbed-p3.wasm
+JS_GUEST := $(COMPONENTS)/js-guest.wasm
+PYTHON_GUEST := $(COMPONENTS)/python-guest.wasm
+# componentize-js (npm) and componentize-py (PyPI), at the versions pinned
+# beside each guest, installed here on first use.
+GUEST_TOOLS := $(CURDIR)/target/guest-tools
 
 # The wasmtime our server embeds; `make bench` measures `wasmtime serve` of the same version.
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
 BENCH_TOOLS := target/bench-tools
 
-.PHONY: all run build components hello targets test lint bench wit-deps clean
+.PHONY: all run build components real-guests hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -47,7 +52,34 @@ hello: targets
 	mkdir -p $(COMPONENTS)
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello.wasm $(HELLO)
 
-test: lint build
+# Guests built by other toolchains, as their users build them: JavaScript with
+# componentize-js, against the WASI 0.2.10 WIT its engine carries (README), and
+# Python with componentize-py, against our WIT. Rebuilt only when their
+# sources or pinned tool versions change.
+real-guests: $(JS_GUEST) $(PYTHON_GUEST)
+
+$(GUEST_TOOLS)/js/node_modules/.installed: tests/components/js-guest/package.json tests/components/js-guest/package-lock.json
+	mkdir -p $(GUEST_TOOLS)/js
+	cp $^ $(GUEST_TOOLS)/js/
+	cd $(GUEST_TOOLS)/js && npm ci --no-audit --no-fund
+	touch $@
+
+$(JS_GUEST): tests/components/js-guest/guest.js $(wildcard tests/components/js-guest/wit/*.wit tests/components/js-guest/wit/deps/*.wit) $(GUEST_TOOLS)/js/node_modules/.installed
+	mkdir -p $(COMPONENTS)
+	node $(GUEST_TOOLS)/js/node_modules/@bytecodealliance/componentize-js/src/cli.js \
+	  $< --wit tests/components/js-guest/wit --world-name guest -o $@
+
+$(GUEST_TOOLS)/python/.installed: tests/components/python-guest/requirements.txt
+	python3 -m venv $(GUEST_TOOLS)/python
+	$(GUEST_TOOLS)/python/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+$(PYTHON_GUEST): tests/components/python-guest/app.py $(wildcard wit/*.wit wit/deps/*.wit) $(GUEST_TOOLS)/python/.installed
+	mkdir -p $(COMPONENTS)
+	$(GUEST_TOOLS)/python/bin/componentize-py --quiet -d wit -w wasi:http/proxy@0.2.12 \
+	  componentize -p tests/components/python-guest app -o $@
+
+test: lint build real-guests
 	$(CARGO) test --profile $(PROFILE)
 
 lint: targets

@@ -364,6 +364,13 @@ impl Conn {
             .header("host", "test.local")
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
             .expect("valid request");
+        self.try_exchange(request).await
+    }
+
+    /// Sends `request` as it is and reads the whole response; an error means
+    /// the connection failed or the response was cut off.
+    pub async fn try_exchange(&mut self, request: Request<Full<Bytes>>) -> Result<Reply, String> {
+        let (method, path) = (request.method().clone(), request.uri().clone());
         let exchange = async {
             let response = match self {
                 Conn::Http1(sender) => {
