@@ -92,7 +92,7 @@ lint: targets
 # records the report in BENCHMARKS.md. Then the in-process microbenchmark.
 # First run: installs wrk (apt) and wasmtime-cli into target/bench-tools (~15 min),
 # and builds the microbenchmark's own copy of wasmtime.
-bench: build
+bench: build real-guests
 	$(CARGO) build --profile $(PROFILE) -p hyper-hello
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	test -x $(BENCH_TOOLS)/bin/wasmtime || \

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """`make bench`: our server against its peers, on loopback, with wrk.
 
-Starts, on 127.0.0.1: our server with hello.wasm (WASI 0.2) and with
-hello-p3.wasm (WASI 0.3), a plain hyper hello server (no wasm: the ceiling), the
-seed's Node.js server, and `wasmtime serve` with pooling on, with each of the two
-components (when target/bench-tools has it). Runs the same wrk
-load against each, in interleaved rounds so that drift on the machine hits all
-alike, then measures cold start (process start to first 200), idle RSS and RSS
-under 1,000 concurrent connections. Prints a Markdown report and writes it into
-BENCHMARKS.md between the `bench:start` and `bench:end` markers.
+Starts, on 127.0.0.1: our server with hello.wasm (WASI 0.2), hello-p3.wasm
+(WASI 0.3), and the hello guests built by componentize-js and componentize-py;
+a plain hyper hello server (no wasm: the ceiling), the seed's Node.js server,
+and `wasmtime serve` with pooling on and its compile cache, with each of the
+four components (when target/bench-tools has it). Runs the same wrk load
+against each, in interleaved rounds so that drift on the machine hits all
+alike, and reads each server's CPU time around each run (CPU per request).
+Then measures cold start (process start to first 200, compile caches warm),
+idle RSS, RSS under 1,000 concurrent connections and RSS after the load.
+Prints a Markdown report and writes it into BENCHMARKS.md between the
+`bench:start` and `bench:end` markers.
 
 Every load run is bounded in time by wrk's own duration.
 """
@@ -28,6 +31,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = os.path.join(ROOT, "target/components/hello.wasm")
 HELLO_P3 = os.path.join(ROOT, "target/components/hello-p3.wasm")
+JS_GUEST = os.path.join(ROOT, "target/components/js-guest.wasm")
+PYTHON_GUEST = os.path.join(ROOT, "target/components/python-guest.wasm")
 WASMTIME = os.path.join(ROOT, "target/bench-tools/bin/wasmtime")
 READY_TIMEOUT = 30.0
 
@@ -90,6 +95,12 @@ class Server:
                     return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self):
+        """User plus system CPU time the server process has used so far."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -101,8 +112,10 @@ class Server:
         self.process = None
 
 
-def wrk(url, connections, seconds):
-    """Runs wrk with one thread and returns (req/s, p50 ms, p99 ms, errors)."""
+def wrk(url, connections, seconds, server=None):
+    """Runs wrk with one thread and returns (req/s, p50 ms, p99 ms, errors,
+    server CPU us per request)."""
+    cpu_before = server.cpu_seconds() if server else 0.0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True,
@@ -118,7 +131,9 @@ def wrk(url, connections, seconds):
     errors = re.search(r"Socket errors: (.*)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     problems = ", ".join(x for x in [errors and errors.group(1), non_2xx and f"{non_2xx.group(1)} non-2xx"] if x)
-    return rps, percentile(50), percentile(99), problems
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = (server.cpu_seconds() - cpu_before) * 1e6 / max(requests, 1) if server else float("nan")
+    return rps, percentile(50), percentile(99), problems, cpu_us
 
 
 def rss_under_load(server, connections, seconds):
@@ -157,19 +172,33 @@ def main():
     ours_bin = os.path.join(ROOT, "target/release/wasi-http-server")
     ours = Server("ours (wasi-http-server)", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"])
     ours_p3 = Server("ours, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}"])
+    ours_js = Server("ours, JS hello (componentize-js)", [ours_bin, JS_GUEST, "--addr", "127.0.0.1:{port}"])
+    ours_py = Server("ours, Python hello (componentize-py)", [ours_bin, PYTHON_GUEST, "--addr", "127.0.0.1:{port}"])
+    node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours)
     servers = [
         ours,
         ours_p3,
+        ours_js,
+        ours_py,
         Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours),
-        Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours),
+        node,
     ]
     if os.access(WASMTIME, os.X_OK):
-        serve = [WASMTIME, "serve", "-O", "pooling-allocator=y", "--addr", "127.0.0.1:{port}"]
+        # `-S cli`: the JS and Python guests import WASI beyond the proxy
+        # world (as our server links it all). `-C cache=y`: a warm compile
+        # cache, as ours has, so cold starts compare like for like.
+        serve = [WASMTIME, "serve", "-O", "pooling-allocator=y", "-S", "cli", "-C", "cache=y", "--addr", "127.0.0.1:{port}"]
         servers.append(Server("wasmtime serve (48, pooling)", serve + [HELLO], ours=ours))
         servers.append(Server("wasmtime serve, WASI 0.3 hello", serve + [HELLO_P3], ours=ours_p3))
+        servers.append(Server("wasmtime serve, JS hello", serve + [JS_GUEST], ours=ours_js))
+        servers.append(Server("wasmtime serve, Python hello", serve + [PYTHON_GUEST], ours=ours_py))
     else:
         notes.append("`wasmtime serve` skipped: `cargo install wasmtime-cli` into target/bench-tools failed.")
 
+    # Fill both compile caches, so cold starts measure a restart.
+    for server in servers:
+        server.start()
+        server.stop()
     # Cold start: each server alone on the machine, median of 5.
     cold = {}
     for server in servers:
@@ -190,9 +219,10 @@ def main():
         # Rotate the order so no server always runs first or last.
         order = servers[round_ % len(servers):] + servers[: round_ % len(servers)]
         for server in order:
-            results[server.name].append(wrk(server.url, args.connections, args.seconds))
+            results[server.name].append(wrk(server.url, args.connections, args.seconds, server))
             print(f"round {round_ + 1}: {server.name}: {results[server.name][-1][0]:,.0f} req/s", file=sys.stderr)
 
+    after = {s.name: s.rss_mib() for s in servers}
     loaded = {s.name: rss_under_load(s, 1000, 5) for s in servers}
     for server in servers:
         server.stop()
@@ -207,8 +237,10 @@ def main():
         "",
         "Ours ÷ it compares each server with ours serving the same component (the WASI 0.2 hello for hyper and Node).",
         "",
-        "| server | req/s | ours ÷ it | p50 ms | p99 ms | cold start ms | idle RSS MiB | RSS, 1,000 conns MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "CPU: the server's user + system time over each run ÷ its requests. RSS after load: after the rounds.",
+        "",
+        "| server | req/s | ours ÷ it | p50 ms | p99 ms | CPU us/req | cold start ms | idle RSS MiB | RSS after load MiB | RSS, 1,000 conns MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server in servers:
         name = server.name
@@ -217,8 +249,14 @@ def main():
         problems = "; ".join(sorted({r[3] for r in results[name] if r[3]}))
         lines.append(
             f"| {name} | {rps:,.0f} | {ours_rps / rps:.2f} | {median(name, 1):.2f} | {median(name, 2):.2f} "
-            f"| {cold[name]:.1f} | {idle[name]:.1f} | {loaded[name]:.1f} |" + (f" errors: {problems}" if problems else "")
+            f"| {median(name, 4):.1f} | {cold[name]:.1f} | {idle[name]:.1f} | {after[name]:.1f} | {loaded[name]:.1f} |"
+            + (f" errors: {problems}" if problems else "")
         )
+    # The JS guest is the seed's program, compiled to a component.
+    notes.append(
+        f"ours serving the JS hello ÷ the Node.js seed (the same program): "
+        f"{median(ours_js.name, 0) / median(node.name, 0):.2f} in req/s."
+    )
     lines += [f"", *(f"Note: {note}" for note in notes)]
     report = "\n".join(lines).rstrip() + "\n"
     print(report)

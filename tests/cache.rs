@@ -24,22 +24,35 @@ fn entry(dir: &Path) -> PathBuf {
 
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "wasi_http_server=debug")];
 
+/// What the startup log says a load did.
+const COMPILED: &str = "ready in";
+const FROM_CACHE: &str = ": loaded from the compile cache;";
+
 /// The first start compiles and stores the component; the second loads it.
+/// The log says, before, which component is being prepared and its size,
+/// and after, how long it took and whether the cache served it.
 #[tokio::test]
 async fn a_restart_loads_the_compiled_component() {
     let dir = cache_dir("reuse");
     let args = ["--cache-dir", dir.to_str().unwrap()];
-    let first = Server::start_with_env("hello", &args, DEBUG);
+    let first = Server::start("hello", &args);
     assert_hello(&get(first.addr, "/").await);
-    assert!(!first.log().contains("from the cache"), "{}", first.log());
+    // Log lines are written by their own thread: wait for them.
+    first.wait_for_log(COMPILED).await;
+    let log = first.log();
+    assert!(
+        log.contains("preparing ") && log.contains("hello.wasm (20"),
+        "{log}"
+    );
+    assert!(
+        log.contains(": compiled;") && !log.contains(FROM_CACHE),
+        "{log}"
+    );
     drop(first);
     entry(&dir);
 
-    let second = Server::start_with_env("hello", &args, DEBUG);
-    // Log lines are written by their own thread: wait for them.
-    second
-        .wait_for_log("loaded the compiled component from the cache")
-        .await;
+    let second = Server::start("hello", &args);
+    second.wait_for_log(FROM_CACHE).await;
     assert_hello(&get(second.addr, "/").await);
 }
 
@@ -61,10 +74,8 @@ async fn a_corrupted_entry_is_recompiled() {
     assert_hello(&get(server.addr, "/").await);
     drop(server);
 
-    let server = Server::start_with_env("hello", &args, DEBUG);
-    server
-        .wait_for_log("loaded the compiled component from the cache")
-        .await;
+    let server = Server::start("hello", &args);
+    server.wait_for_log(FROM_CACHE).await;
 }
 
 /// `--no-cache` neither reads nor writes a cache.
@@ -77,6 +88,7 @@ async fn no_cache_compiles_every_time() {
         &[("XDG_CACHE_HOME", dir.to_str().unwrap())],
     );
     assert_hello(&get(server.addr, "/").await);
+    server.wait_for_log("compiled (--no-cache)").await;
     assert!(!dir.exists());
 }
 

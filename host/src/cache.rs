@@ -19,16 +19,27 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tracing::{debug, warn};
+use tracing::warn;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Result};
+
+/// Where a component's compiled code came from, for the startup log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Cache,
+    Compiled,
+}
 
 /// Returns the component for `bytes`: from `dir` when a valid entry is there,
 /// otherwise compiled and stored (a cache that cannot be written only costs
 /// the next start a compilation).
-pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Result<Component> {
+pub fn load_or_compile(
+    engine: &Engine,
+    bytes: &[u8],
+    dir: Option<&Path>,
+) -> Result<(Component, Origin)> {
     let Some(dir) = dir else {
-        return Component::new(engine, bytes);
+        return Ok((Component::new(engine, bytes)?, Origin::Compiled));
     };
     check_private(dir)?;
     let path = entry_path(engine, bytes, dir);
@@ -39,10 +50,7 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Res
             // and its checksum proves it unchanged since. The cache directory
             // is created private to this user, who could run code anyway.
             match unsafe { Component::deserialize(engine, &code) } {
-                Ok(component) => {
-                    debug!(path = %path.display(), "loaded the compiled component from the cache");
-                    return Ok(component);
-                }
+                Ok(component) => return Ok((component, Origin::Cache)),
                 Err(err) => {
                     warn!(path = %path.display(), "unusable cache entry, recompiling: {err:#}")
                 }
@@ -60,7 +68,7 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>) -> Res
         }
         Err(err) => warn!("cannot serialize the compiled component: {err:#}"),
     }
-    Ok(component)
+    Ok((component, Origin::Compiled))
 }
 
 /// Fails unless `dir` (if it exists yet) is owned by this process's user and

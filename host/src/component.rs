@@ -3,21 +3,21 @@
 //! component stops the process with one clear line instead of failing requests.
 
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use tracing::info;
 use wasmtime::component::{Component, ComponentNamedList, Lift, Linker, LinkerInstance, Resource};
 use wasmtime::error::Context;
 use wasmtime::wasmparser::Parser;
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result,
-    StoreContextMut, bail,
-};
+use wasmtime::{Config, Engine, Result, StoreContextMut, bail};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use crate::cache;
+use crate::cache::{self, Origin};
+use crate::footprint::Footprint;
+use crate::pool::{Pool, Shape};
 use crate::state::{MAX_AUTHORITY, MAX_METHOD, RequestState};
 
 /// How often the engine's epoch advances: the granularity of
@@ -26,77 +26,58 @@ use crate::state::{MAX_AUTHORITY, MAX_METHOD, RequestState};
 /// increment, so 10 ms is cheap and keeps co-scheduled requests responsive.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Core wasm instances one component may create. A Rust component has one to
-/// three (its module plus adapter shims); composed or interpreter-based
-/// components have more. Sizes the pool, so it is generous.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
-
-/// Linear memories and tables one component may hold; typical components have
-/// one of each.
-const MEMORIES_PER_COMPONENT: u32 = 2;
-const TABLES_PER_COMPONENT: u32 = 4;
-
-/// Largest table a component may declare or grow, matching the limiter's cap
-/// in `state.rs`.
-const TABLE_ELEMENTS: usize = 100_000;
-
-/// Bytes of each linear memory and table slot kept resident between
-/// instances. Resetting a slot then means zeroing (or restoring the initial
-/// image of) that much in place with `memset`, instead of `madvise`-ing it
-/// away: `madvise` on memory that other threads may have touched forces a TLB
-/// shootdown on every core, which dominated the per-request cost. 1 MiB covers
-/// the whole footprint of small guests; larger guests fall back to `madvise`
-/// for the rest. Costs up to this much RSS per warm slot.
-const KEEP_RESIDENT: usize = 1 << 20;
-
-/// The engines instances run on: one for WASI 0.2 components, and one, made
-/// when the first WASI 0.3 component is loaded, with the component model's
-/// async ABI on. A store of an engine with that ABI on sets up its
-/// concurrency machinery for every instance, which made each WASI 0.2
-/// request cost 40% more CPU (17.5 -> 24.3 us, BENCHMARKS.md); 0.2
-/// components never need it.
+/// The engines instances run on, one per kind of component and pool shape.
+///
+/// WASI 0.2 components run on an engine with the component model's async ABI
+/// off: a store of an engine with it on sets up its concurrency machinery for
+/// every instance, which made each WASI 0.2 request cost 40% more CPU (17.5 ->
+/// 24.3 us, BENCHMARKS.md). WASI 0.3 components need it on.
+///
+/// The pool is sized for the component (`pool.rs`), so a reload to a
+/// component of another shape gets an engine of its own; the old engine lives
+/// on in the old component's instances until they finish.
 pub struct Engines {
-    /// What the engines' instance pools are sized for.
+    /// What the operator fixed for every pool.
     pool: Pool,
-    p2: Engine,
-    p3: OnceLock<Engine>,
-}
-
-/// The sizes of an engine's instance pool.
-#[derive(Clone, Copy, Debug)]
-pub struct Pool {
-    /// Instances alive at once (`--max-concurrent-requests`).
-    pub slots: usize,
-    /// Largest linear memory of one instance (`--max-memory`).
-    pub max_memory: usize,
+    /// The last engine built for each kind (`false`: WASI 0.2, `true`: 0.3)
+    /// and its shape, reused by the next component of that kind and shape.
+    /// Only startup and the reload task load components, one at a time.
+    built: Mutex<Vec<(bool, Shape, Engine)>>,
 }
 
 impl Engines {
-    /// Builds the WASI 0.2 engine; the 0.3 one waits for a 0.3 component.
-    pub fn new(pool: Pool) -> Result<Self> {
-        let p2 = engine(pool, false)?;
-        Ok(Self {
+    /// Engines for pools under `pool`; each is built when a component needs it.
+    pub fn new(pool: Pool) -> Self {
+        Self {
             pool,
-            p2,
-            p3: OnceLock::new(),
-        })
+            built: Mutex::new(Vec::new()),
+        }
     }
 
-    fn p3(&self) -> Result<&Engine> {
-        if let Some(engine) = self.p3.get() {
-            return Ok(engine);
+    /// The engine for a component of this kind and shape.
+    fn get(&self, wasi_p3: bool, shape: Shape) -> Result<Engine> {
+        let mut built = self
+            .built
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, _, engine)) = built
+            .iter()
+            .find(|(p3, s, _)| *p3 == wasi_p3 && *s == shape)
+        {
+            return Ok(engine.clone());
         }
-        let engine = engine(self.pool, true)?;
-        // Only the reload task and startup load components, one at a time.
-        Ok(self.p3.get_or_init(|| engine))
+        let engine = engine(shape, wasi_p3)?;
+        built.retain(|(p3, _, _)| *p3 != wasi_p3);
+        built.push((wasi_p3, shape, engine.clone()));
+        Ok(engine)
     }
 }
 
 /// Builds an engine, with the component model's async ABI (WASI 0.3) on or
 /// off, and starts the one thread that advances its epoch for its life.
-fn engine(pool: Pool, wasi_p3: bool) -> Result<Engine> {
+fn engine(shape: Shape, wasi_p3: bool) -> Result<Engine> {
     let mut config = Config::new();
-    config.allocation_strategy(pooling(pool));
+    config.allocation_strategy(shape.strategy());
     // Compiled code checks the epoch at function entries and loop headers, so
     // a guest that never calls the host can still be stopped.
     config.epoch_interruption(true);
@@ -121,33 +102,6 @@ fn engine(pool: Pool, wasi_p3: bool) -> Result<Engine> {
         })
         .context("starting the epoch ticker")?;
     Ok(engine)
-}
-
-/// The pooling allocator: every resource an instance needs (memories, tables,
-/// stacks, instance state) is reserved once at startup in slots, one set per
-/// `--max-concurrent-requests`, and reused; a fresh instance takes a slot
-/// instead of mapping new memory. The pool and the handler's semaphore share
-/// the same count, so a request that got a permit always finds a slot.
-fn pooling(sizes: Pool) -> InstanceAllocationStrategy {
-    let slots = u32::try_from(sizes.slots).unwrap_or(u32::MAX);
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(slots)
-        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
-        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-        .total_memories(slots.saturating_mul(MEMORIES_PER_COMPONENT))
-        .max_memories_per_component(MEMORIES_PER_COMPONENT)
-        .total_tables(slots.saturating_mul(TABLES_PER_COMPONENT))
-        .max_tables_per_component(TABLES_PER_COMPONENT)
-        .table_elements(TABLE_ELEMENTS)
-        .total_stacks(slots)
-        .max_memory_size(sizes.max_memory)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT)
-        // Measured: for small guests, zeroing their few resident pages is
-        // cheaper than asking the kernel which ones are dirty (PAGEMAP_SCAN
-        // walks the page tables: 9.7 us per request against 8.7 us).
-        .pagemap_scan(Enabled::No);
-    InstanceAllocationStrategy::Pooling(pool)
 }
 
 /// A component compiled and linked, ready to instantiate, by the kind of
@@ -184,17 +138,48 @@ pub fn load(engines: &Engines, path: &Path, cache_dir: Option<&Path>) -> Result<
     if !Parser::is_component(&bytes) {
         bail!("{} is not a WebAssembly component", path.display());
     }
+    let footprint = Footprint::of(&bytes)
+        .with_context(|| format!("{} is not a valid component", path.display()))?;
+    let shape = Shape::new(engines.pool, &footprint);
+    // Compiling a large component takes seconds (5 s for a 20 MB Python
+    // guest on 2 cores): say so before, and after, what it took.
+    info!(
+        "preparing {} ({}): compiling it, unless the compile cache has it",
+        path.display(),
+        bytesize::ByteSize(bytes.len() as u64)
+    );
+    let started = Instant::now();
     // A component that the WASI 0.2 engine cannot compile uses the async ABI
     // (or is broken): the 0.3 engine, which takes a superset, compiles it or
     // says what is wrong.
-    let (component, wasi_p3) = match cache::load_or_compile(&engines.p2, &bytes, cache_dir) {
-        Ok(component) => (component, false),
-        Err(_) => {
-            let component = cache::load_or_compile(engines.p3()?, &bytes, cache_dir)
-                .with_context(|| format!("{} is not a valid component", path.display()))?;
-            (component, true)
-        }
-    };
+    let ((component, origin), wasi_p3) =
+        match cache::load_or_compile(&engines.get(false, shape)?, &bytes, cache_dir) {
+            Ok(compiled) => (compiled, false),
+            Err(_) => {
+                let compiled =
+                    cache::load_or_compile(&engines.get(true, shape)?, &bytes, cache_dir)
+                        .with_context(|| format!("{} is not a valid component", path.display()))?;
+                (compiled, true)
+            }
+        };
+    info!(
+        "{} ready in {:.2?}: {}; its instances each keep {} of linear memory resident{} ({} core instances, initial memory {})",
+        path.display(),
+        started.elapsed(),
+        match origin {
+            Origin::Cache => "loaded from the compile cache",
+            Origin::Compiled if cache_dir.is_some() => "compiled",
+            Origin::Compiled => "compiled (--no-cache)",
+        },
+        bytesize::ByteSize(shape.memory_keep_resident as u64),
+        if shape.dirty_pages_only {
+            ", restoring only the pages a request wrote"
+        } else {
+            ""
+        },
+        footprint.core_instances,
+        bytesize::ByteSize(footprint.largest_memory),
+    );
     link(&component, wasi_p3).with_context(|| format!("cannot serve {}", path.display()))
 }
 

@@ -14,8 +14,8 @@ use tracing::info;
 use tracing_appender::non_blocking::NonBlockingBuilder;
 use tracing_subscriber::EnvFilter;
 use wasi_http_server::cli::{Cli, LogFormat};
-use wasi_http_server::component::Pool;
 use wasi_http_server::handler::{Handler, Limits};
+use wasi_http_server::pool::Pool;
 use wasi_http_server::reload::{self, Reloader, Source};
 use wasi_http_server::state::{HostBudget, Sandbox};
 use wasi_http_server::{component, fd_limit, guest_output, server};
@@ -101,7 +101,7 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     // Compile and link before listening: a bad component never gets a port.
-    let engines = Arc::new(component::Engines::new(pool)?);
+    let engines = Arc::new(component::Engines::new(pool));
     let loaded = reload::stamp(&source.path);
     let pre = component::load(&engines, &source.path, source.cache_dir.as_deref())?;
     let kind = pre.kind();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use wasi_http_server::component;
 use wasi_http_server::guest_output::RequestId;
 
-use wasi_http_server::component::Pool;
 use wasi_http_server::handler::{Handler, Limits};
+use wasi_http_server::pool::Pool;
 use wasi_http_server::state::{HostBudget, Sandbox};
 
 fn per_request(c: &mut Criterion) {
@@ -23,8 +23,7 @@ fn per_request(c: &mut Criterion) {
     let engines = component::Engines::new(Pool {
         slots: 128,
         max_memory: 128 << 20,
-    })
-    .expect("engine");
+    });
     let pre = component::load(&engines, hello.as_ref(), None).expect("run `make components` first");
     let limits = Limits {
         sandbox: Sandbox {
