@@ -44,12 +44,13 @@ pub fn load_or_compile(
     check_private(dir)?;
     let path = entry_path(engine, bytes, dir);
     match read_entry(&path) {
-        Ok(Some(code)) => {
-            // SAFETY: `code` is what `Component::serialize` wrote for an engine
-            // with the same compatibility hash (it is part of the file name),
-            // and its checksum proves it unchanged since. The cache directory
-            // is created private to this user, who could run code anyway.
-            match unsafe { Component::deserialize(engine, &code) } {
+        Ok(Some(entry)) => {
+            // SAFETY: the entry's code is what `Component::serialize` wrote
+            // for an engine with the same compatibility hash (it is part of
+            // the file name), and its checksum proves it unchanged since. The
+            // cache directory is created private to this user, who could run
+            // code anyway.
+            match unsafe { Component::deserialize(engine, entry.code()) } {
                 Ok(component) => return Ok((component, Origin::Cache)),
                 Err(err) => {
                     warn!(path = %path.display(), "unusable cache entry, recompiling: {err:#}")
@@ -111,20 +112,37 @@ fn entry_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {
 
 /// The entry's code if the file exists and its checksum holds; `Err` says why
 /// an existing entry was refused.
-fn read_entry(path: &Path) -> std::result::Result<Option<Vec<u8>>, String> {
-    let entry = match fs::read(path) {
-        Ok(entry) => entry,
+fn read_entry(path: &Path) -> std::result::Result<Option<Entry>, String> {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(format!("cannot read the cache entry: {err}")),
     };
-    if entry.len() < 32 {
+    // Mapped rather than read: a 38 MB entry (the JS guest's) is checked and
+    // handed to wasmtime without first being copied, which took a third of a
+    // warm start (BENCHMARKS.md).
+    // SAFETY: entries are only ever replaced by renaming a new file over
+    // them, never written in place, so the mapped bytes cannot change; the
+    // directory is private to this user (`check_private`).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|err| format!("cannot map the cache entry: {err}"))?;
+    if map.len() < 32 {
         return Err("truncated cache entry".into());
     }
-    let (checksum, code) = entry.split_at(32);
+    let (checksum, code) = map.split_at(32);
     if Sha256::digest(code).as_slice() != checksum {
         return Err("corrupted cache entry (checksum mismatch)".into());
     }
-    Ok(Some(code.to_vec()))
+    Ok(Some(Entry(map)))
+}
+
+/// A cache entry whose checksum held: its compiled code follows the checksum.
+struct Entry(memmap2::Mmap);
+
+impl Entry {
+    fn code(&self) -> &[u8] {
+        &self.0[32..]
+    }
 }
 
 fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
