@@ -36,11 +36,13 @@ targets:
 
 # hello: a core module for wasm32-unknown-unknown, wrapped into a component by
 # tools/componentize, so it imports nothing outside wasi:http/proxy (see README).
-# testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself.
+# testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself;
+# state-guest, the same, with wasi:config and wasi:keyvalue.
 # hello-p3 and testbed-p3: WASI 0.3 guests, built and wrapped as hello is.
 components: hello
-	$(CARGO) build --profile guest -p testbed --target wasm32-wasip2
+	$(CARGO) build --profile guest -p testbed -p state-guest --target wasm32-wasip2
 	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
+	cp target/wasm32-wasip2/guest/state_guest.wasm $(COMPONENTS)/state-guest.wasm
 	$(CARGO) build --profile guest -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello_p3.wasm $(HELLO_P3)
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/testbed_p3.wasm $(TESTBED_P3)
@@ -84,9 +86,9 @@ test: lint build real-guests
 
 lint: targets
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 --exclude state-guest -- -D warnings
 	$(CARGO) clippy --profile guest -p hello -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown -- -D warnings
-	$(CARGO) clippy --profile guest -p testbed --target wasm32-wasip2 -- -D warnings
+	$(CARGO) clippy --profile guest -p testbed -p state-guest --target wasm32-wasip2 -- -D warnings
 
 # Our server against plain hyper, the Node.js seed and `wasmtime serve`, with wrk;
 # records the report in BENCHMARKS.md. Then the in-process microbenchmark.
@@ -101,15 +103,21 @@ bench: build real-guests
 	python3 bench/run.py --record
 	$(CARGO) bench -p micro-bench
 
-# Re-vendors wit/deps from the wasmtime-wasi-http crate we build against, so
-# the WIT our guests see is the WIT our host implements. Never edit by hand.
+# Re-vendors wit/deps from the wasmtime crates we build against, so the WIT
+# our guests see is the WIT our host implements: WASI and wasi:http from
+# wasmtime-wasi-http, wasi:config from wasmtime-wasi-config. wit/deps/keyvalue
+# is kept: it comes from wasmtime-wasi-keyvalue 48.0.8 (what `wasmtime serve
+# -S keyvalue` links), which is not a dependency since the host implements
+# wasi:keyvalue itself. Never edit by hand.
 wit-deps:
 	$(CARGO) fetch
-	src=$$($(CARGO) metadata --format-version 1 | python3 -c 'import json, os, sys; \
+	crate_dir() { $(CARGO) metadata --format-version 1 | python3 -c 'import json, os, sys; \
 	  pkgs = json.load(sys.stdin)["packages"]; \
-	  print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == "wasmtime-wasi-http"))'); \
-	rm -rf wit/deps && mkdir -p wit/deps && cp "$$src"/wit/deps/*.wit wit/deps/ && \
-	echo "wit/deps vendored from $$src"
+	  print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == sys.argv[1]))' "$$1"; }; \
+	http=$$(crate_dir wasmtime-wasi-http) && config=$$(crate_dir wasmtime-wasi-config) && \
+	rm -rf wit/deps/*.wit wit/deps/config && cp "$$http"/wit/deps/*.wit wit/deps/ && \
+	cp -r "$$config"/wit/deps/config wit/deps/ && \
+	echo "wit/deps vendored from $$http and $$config"
 
 clean:
 	$(CARGO) clean

@@ -2,7 +2,10 @@
 //! `wasmtime serve hello.wasm` (which links only that world) accepts it.
 
 use e2e::component;
+use std::sync::Arc;
+
 use wasi_http_server::guest_output::RequestId;
+use wasi_http_server::keyvalue::Stores;
 use wasi_http_server::state::{HostBudget, RequestState, Sandbox};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
@@ -21,6 +24,8 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         max_output: 1 << 20,
         allowed_outbound: Vec::new().into(),
         env: Vec::new().into(),
+        config: Default::default(),
+        keyvalue: Arc::new(Stores::none()),
     };
     let mut store = Store::new(&engine, RequestState::new(&sandbox, RequestId::next()));
     pre.instantiate_async(&mut store).await?;

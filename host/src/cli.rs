@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Parser, ValueEnum};
 
+use crate::keyvalue;
 use crate::outbound::Destination;
 
 /// Serve a wasi-http component, with a fresh instance for every request.
@@ -183,6 +184,52 @@ pub struct Cli {
     /// reach internal services unless the operator says so.
     #[arg(long = "allow-outbound", value_name = "HOST[:PORT]")]
     pub allow_outbound: Vec<Destination>,
+
+    /// A configuration value for guests (`wasi:config/store`), as `wasmtime
+    /// serve -S config-var` and Spin variables give them: `KEY=VALUE`, or
+    /// `KEY` to pass on the server's own environment variable. Repeatable.
+    /// Guests see only what is given here.
+    #[arg(long = "config", value_name = "KEY[=VALUE]", value_parser = guest_env)]
+    pub config: Vec<(String, String)>,
+
+    /// A key-value store for guests (`wasi:keyvalue`): `sqlite:PATH` (a file,
+    /// which processes on one machine may share) or `redis://HOST:PORT[/DB]`
+    /// (shared by servers anywhere), under NAME (`default` when left out,
+    /// which guests open as "" or "default"). Repeatable. Without any, the
+    /// default store is `keyvalue.sqlite3` in the user's data directory
+    /// (`$XDG_DATA_HOME/wasi-http-server`), created when a guest first uses it.
+    #[arg(long = "keyvalue", value_name = "[NAME=]URL", value_parser = keyvalue_store)]
+    pub keyvalue: Vec<(String, keyvalue::Url)>,
+
+    /// Longest key a guest may use in a key-value store. Keys are names; 1
+    /// KiB is generous for them and keeps a guest from using keys as values.
+    #[arg(long, value_name = "SIZE", default_value = "1KiB")]
+    pub keyvalue_max_key: ByteSize,
+
+    /// Largest value a guest may store or read. The host holds a value
+    /// whole while passing it, so this bounds that memory per call; 1 MiB is
+    /// what Redis deployments typically allow per value before it hurts.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    pub keyvalue_max_value: ByteSize,
+
+    /// Most keys in one batch call (`get-many`, `set-many`, `delete-many`)
+    /// and in one page of `list-keys`: with `--keyvalue-max-value`, bounds
+    /// what one call makes the host hold (100 x 1 MiB).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub keyvalue_max_batch: usize,
+}
+
+/// `[NAME=]URL` of `--keyvalue`. A name has no `:`, so `redis://h:1/0` is a
+/// URL and `cache=redis://h:1/0` a named one.
+fn keyvalue_store(arg: &str) -> Result<(String, keyvalue::Url), String> {
+    let (name, url) = match arg.split_once('=') {
+        Some((name, url)) if !name.contains(':') => (name, url),
+        _ => (keyvalue::DEFAULT_STORE, arg),
+    };
+    if name.is_empty() {
+        return Err(format!("`{arg}`: the store's name is empty"));
+    }
+    Ok((name.to_string(), url.parse()?))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,6 +254,17 @@ fn default_threads() -> usize {
 }
 
 impl Cli {
+    /// Where the default key-value store lives when no `--keyvalue` names
+    /// one: the user's data directory, as XDG says.
+    pub fn default_keyvalue_path(&self) -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
+            })?;
+        Some(base.join("wasi-http-server").join("keyvalue.sqlite3"))
+    }
+
     /// The compile cache directory, unless `--no-cache`.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         if self.no_cache {

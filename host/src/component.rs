@@ -198,6 +198,10 @@ pub fn link(component: &Component, wasi_p3: bool) -> Result<GuestPre> {
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     }
+    // Configuration and state, as `wasmtime serve -S config -S keyvalue`
+    // and Spin give them: components built for those import them.
+    wasmtime_wasi_config::add_to_linker(&mut linker, RequestState::config)?;
+    crate::keyvalue::add_to_linker(&mut linker, RequestState::keyvalue)?;
     bound_request_strings(&mut linker, wasi_p3)?;
     let pre = linker
         .instantiate_pre(component)

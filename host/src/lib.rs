@@ -19,6 +19,7 @@ pub mod footprint;
 pub mod guest_output;
 pub mod guest_task;
 pub mod handler;
+pub mod keyvalue;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

@@ -18,7 +18,7 @@ use wasi_http_server::handler::{Handler, Limits};
 use wasi_http_server::pool::Pool;
 use wasi_http_server::reload::{self, Reloader, Source};
 use wasi_http_server::state::{HostBudget, Sandbox};
-use wasi_http_server::{component, fd_limit, guest_output, server};
+use wasi_http_server::{component, fd_limit, guest_output, keyvalue, server};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
 /// and response: dozens of small allocations. mimalloc's thread-local free
@@ -77,6 +77,28 @@ fn run(cli: Cli) -> Result<()> {
         bytes(cli.max_guest_fields_size),
     )
     .map_err(anyhow::Error::msg)?;
+    // Redis connections are driven by a runtime of their own: the workers'
+    // runtimes serve requests and the main one accepts, and neither runs
+    // while the other drains at shutdown.
+    let store_io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keyvalue-io")
+        .enable_all()
+        .build()
+        .context("starting the key-value runtime")?;
+    let stores = {
+        let _in_io_runtime = store_io.enter();
+        keyvalue::Stores::new(
+            &cli.keyvalue,
+            cli.default_keyvalue_path(),
+            keyvalue::Limits {
+                max_key: bytes(cli.keyvalue_max_key),
+                max_value: bytes(cli.keyvalue_max_value),
+                max_batch: cli.keyvalue_max_batch,
+            },
+        )
+        .map_err(anyhow::Error::msg)?
+    };
     let limits = Limits {
         sandbox: Sandbox {
             max_memory: bytes(cli.max_memory),
@@ -84,6 +106,8 @@ fn run(cli: Cli) -> Result<()> {
             max_output: bytes(cli.max_guest_output),
             allowed_outbound: cli.allow_outbound.clone().into(),
             env: cli.env.clone().into(),
+            config: Arc::new(cli.config.iter().cloned().collect()),
+            keyvalue: Arc::new(stores),
         },
         max_concurrent_requests: cli.max_concurrent_requests,
         queue_timeout: cli.queue_timeout,
@@ -105,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
     let loaded = reload::stamp(&source.path);
     let pre = component::load(&engines, &source.path, source.cache_dir.as_deref())?;
     let kind = pre.kind();
+    let stores = limits.sandbox.keyvalue.clone();
     let handler = Arc::new(Handler::new(pre, limits));
 
     // This thread accepts connections and watches for signals; the workers
@@ -156,6 +181,9 @@ fn run(cli: Cli) -> Result<()> {
         shutdown_timeout: cli.shutdown_timeout,
     });
     info!("serving {}, a {kind} component", cli.component.display());
+    for store in stores.describe() {
+        info!("key-value store {store}");
+    }
     info!(
         "each instance may hold {} resources in the host, {} at most \
          (--max-guest-host-memory), beside {} of linear memory (--max-memory)",

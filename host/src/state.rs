@@ -10,7 +10,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+
 use crate::guest_output::{GuestOutput, RequestId};
+use crate::keyvalue::{KeyValue, Stores};
 use crate::outbound::{Destination, OutboundPolicy};
 
 /// Largest table (of function references) an instance may grow. Compilers
@@ -131,6 +134,10 @@ pub struct Sandbox {
     pub max_output: usize,
     /// `--env`: the guest's whole environment.
     pub env: Arc<[(String, String)]>,
+    /// `--config`: what `wasi:config/store` answers.
+    pub config: Arc<WasiConfigVariables>,
+    /// `--keyvalue`: the stores `wasi:keyvalue` opens.
+    pub keyvalue: Arc<Stores>,
 }
 
 pub struct RequestState {
@@ -145,6 +152,8 @@ pub struct RequestState {
     outbound: OutboundPolicy,
     /// Caps linear memory; remembers whether the guest ran into the cap.
     pub limiter: MemoryLimiter,
+    config: Arc<WasiConfigVariables>,
+    keyvalue: Arc<Stores>,
 }
 
 impl RequestState {
@@ -169,6 +178,22 @@ impl RequestState {
             http,
             outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
             limiter: MemoryLimiter::new(sandbox.max_memory),
+            config: sandbox.config.clone(),
+            keyvalue: sandbox.keyvalue.clone(),
+        }
+    }
+
+    /// What `wasi:config` sees.
+    pub fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.config)
+    }
+
+    /// What `wasi:keyvalue` sees: its buckets live in the request's one
+    /// resource table, under the same cap as every other resource.
+    pub fn keyvalue(&mut self) -> KeyValue<'_> {
+        KeyValue {
+            table: &mut self.table,
+            stores: &self.keyvalue,
         }
     }
 }

@@ -6,11 +6,13 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
+use std::sync::Arc;
 use std::time::Duration;
 use wasi_http_server::component;
 use wasi_http_server::guest_output::RequestId;
 
 use wasi_http_server::handler::{Handler, Limits};
+use wasi_http_server::keyvalue::Stores;
 use wasi_http_server::pool::Pool;
 use wasi_http_server::state::{HostBudget, Sandbox};
 
@@ -32,6 +34,8 @@ fn per_request(c: &mut Criterion) {
             max_output: 256 << 10,
             allowed_outbound: Vec::new().into(),
             env: Vec::new().into(),
+            config: Default::default(),
+            keyvalue: Arc::new(Stores::none()),
         },
         max_concurrent_requests: 128,
         queue_timeout: Duration::from_secs(1),

@@ -1,0 +1,138 @@
+//! A key-value store on Redis (or Valkey): shared by every server that names
+//! it, for deployments with several servers behind a load balancer.
+//!
+//! One multiplexed connection per store, kept by redis-rs's connection
+//! manager: it connects on first use, and after a failure reconnects by
+//! itself on the next call, so a Redis restart needs nothing from us. While
+//! Redis is away, calls fail fast (connect and response timeouts below) and
+//! the guest gets an error.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisError};
+
+use super::Failure;
+
+/// How long connecting may take. Redis on a LAN answers in a millisecond; a
+/// second means it is not there, and a guest waiting longer for an error
+/// only holds its slot.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one command may take before it fails: Redis commands on single
+/// keys take microseconds, so two seconds means Redis is stuck.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reconnection attempts after a failure, before calls fail until the next
+/// one. Few, and short, since every call retries anyway.
+const RECONNECT_RETRIES: usize = 2;
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+
+pub struct Redis {
+    url: String,
+    manager: ConnectionManager,
+}
+
+impl Redis {
+    /// Prepares the connection; nothing is sent until a guest uses the store.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|err| format!("`{url}`: {err}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|err| format!("`{url}`: {err}"))?;
+        Ok(Self {
+            url: url.to_string(),
+            manager,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, Failure> {
+        self.conn().get(key).await.map_err(failure)
+    }
+
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(failure)
+    }
+
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), Failure> {
+        self.conn().set(key, value).await.map_err(failure)
+    }
+
+    /// `MSET`: every pair at once, atomically.
+    pub async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<(), Failure> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.conn().mset(&pairs).await.map_err(failure)
+    }
+
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), Failure> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.conn().del(keys).await.map_err(failure)
+    }
+
+    pub async fn exists(&self, key: String) -> Result<bool, Failure> {
+        self.conn().exists(key).await.map_err(failure)
+    }
+
+    /// `SCAN`: Redis's own cursor is the guest's cursor; 0 means done.
+    pub async fn list_keys(
+        &self,
+        cursor: Option<u64>,
+        page: usize,
+    ) -> Result<(Vec<String>, Option<u64>), Failure> {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor.unwrap_or(0))
+            .arg("COUNT")
+            .arg(page)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(failure)?;
+        Ok((keys, (next != 0).then_some(next)))
+    }
+
+    /// `INCRBY`, atomic in Redis whatever the number of servers.
+    pub async fn increment(&self, key: String, delta: u64) -> Result<u64, Failure> {
+        let delta = i64::try_from(delta)
+            .map_err(|_| Failure::Refused(format!("Redis increments by at most {}", i64::MAX)))?;
+        let value: i64 = self.conn().incr(&key, delta).await.map_err(failure)?;
+        u64::try_from(value)
+            .map_err(|_| Failure::Refused(format!("the value at `{key}` is negative: {value}")))
+    }
+}
+
+/// Connection trouble is an outage; an error Redis answered with (a value
+/// that is not a number, say) is the call's own.
+fn failure(err: RedisError) -> Failure {
+    if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+    {
+        Failure::Down(err.to_string())
+    } else {
+        Failure::Refused(err.to_string())
+    }
+}
