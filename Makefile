@@ -20,7 +20,7 @@ GUEST_TOOLS := $(CURDIR)/target/guest-tools
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
 BENCH_TOOLS := target/bench-tools
 
-.PHONY: all run build components real-guests hello targets test lint bench wit-deps clean
+.PHONY: all run build components real-guests redis hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -81,7 +81,11 @@ $(PYTHON_GUEST): tests/components/python-guest/app.py $(wildcard wit/*.wit wit/d
 	$(GUEST_TOOLS)/python/bin/componentize-py --quiet -d wit -w wasi:http/proxy@0.2.12 \
 	  componentize -p tests/components/python-guest app -o $@
 
-test: lint build real-guests
+# The key-value tests run a real Redis (Debian's redis-server) of their own.
+redis:
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+
+test: lint build real-guests redis
 	$(CARGO) test --profile $(PROFILE)
 
 lint: targets

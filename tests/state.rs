@@ -1,0 +1,257 @@
+//! Configuration (`--config`, `wasi:config`) and state (`--keyvalue`,
+//! `wasi:keyvalue`) for components, against a real SQLite file and a real
+//! Redis (Debian's `redis-server`, started here on a free loopback port), with
+//! the `state-guest` component, which counts requests in a store.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{Conn, STEP_TIMEOUT, Server, get};
+use hyper::StatusCode;
+
+const GUEST: &str = "state-guest";
+
+/// A fresh, empty directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("e2e-state-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A redis-server of our own on a free loopback port, with nothing saved to
+/// disk; killed when dropped.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it (again) on the same port and waits until it answers.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < STEP_TIMEOUT, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `/count` on `server`: the new value of the counter.
+async fn count(server: &Server) -> u64 {
+    let reply = get(server.addr, "/count").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.text().parse().expect("a number")
+}
+
+/// `--config` values reach the guest; an unset key is `none`; and the
+/// server's own environment reaches it only when asked for by name.
+#[tokio::test]
+async fn config_values_reach_the_guest() {
+    let server = Server::start_with_env(
+        GUEST,
+        &["--config", "greeting=hello there", "--config", "FROM_ENV"],
+        &[("FROM_ENV", "passed on"), ("SECRET", "never given")],
+    );
+    let reply = get(server.addr, "/config?key=greeting").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "hello there");
+    let reply = get(server.addr, "/config?key=unset").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.text(), "none");
+    let reply = get(server.addr, "/config?key=SECRET").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = get(server.addr, "/config-all").await;
+    assert_eq!(reply.text(), "FROM_ENV=passed on\ngreeting=hello there\n");
+}
+
+/// 200 requests spread over `servers`, 8 at a time: every answer is a
+/// different count and the counter ends at 200, so no increment was lost
+/// to another (atomics, not get-then-set).
+async fn count_to_200(servers: &[&Server]) {
+    let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let addrs = addrs.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..25 {
+                    let addr = addrs[(client + i) % addrs.len()];
+                    let reply = Conn::http1(addr).await.send("GET", "/count", "").await;
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                    seen.push(reply.text().parse::<u64>().unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.extend(client.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
+    let reply = get(addrs[0], "/get?key=counter").await;
+    assert_eq!(reply.text(), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let args = ["--keyvalue", url.as_str()];
+    let (a, b) = (Server::start(GUEST, &args), Server::start(GUEST, &args));
+    count_to_200(&[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_sqlite_file() {
+    let dir = temp_dir("shared");
+    let url = format!("sqlite:{}", dir.join("kv.db").display());
+    let args = ["--keyvalue", url.as_str()];
+    let (a, b) = (Server::start(GUEST, &args), Server::start(GUEST, &args));
+    count_to_200(&[&a, &b]).await;
+}
+
+/// Without `--keyvalue`, the default store is a SQLite file in the data
+/// directory, and its data outlives the server.
+#[tokio::test]
+async fn the_default_store_survives_a_restart() {
+    let data = temp_dir("default");
+    let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
+    let server = Server::start_with_env(GUEST, &[], &env);
+    for expected in 1..=3 {
+        assert_eq!(count(&server).await, expected);
+    }
+    drop(server);
+    assert!(data.join("wasi-http-server/keyvalue.sqlite3").exists());
+
+    let server = Server::start_with_env(GUEST, &[], &env);
+    assert_eq!(count(&server).await, 4);
+}
+
+/// A guest that never touches key-value leaves no file behind.
+#[tokio::test]
+async fn no_store_file_until_a_guest_uses_one() {
+    let data = temp_dir("unused");
+    let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
+    let server = Server::start_with_env(GUEST, &[], &env);
+    assert_eq!(get(server.addr, "/config?key=x").await.status, StatusCode::NOT_FOUND);
+    drop(server);
+    assert!(!data.join("wasi-http-server").exists());
+}
+
+/// Redis stopped mid-run: the guest gets an error and answers with it, the
+/// server stays up, the log says so once, and when Redis is back the counter
+/// moves again without a restart.
+#[tokio::test]
+async fn a_redis_outage_is_survived() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let server = Server::start(GUEST, &["--keyvalue", url.as_str()]);
+    assert_eq!(count(&server).await, 1);
+
+    redis.stop();
+    for _ in 0..5 {
+        let reply = get(server.addr, "/count").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(reply.text().contains("unavailable"), "{}", reply.text());
+    }
+    // Everything else is served as usual.
+    assert_eq!(get(server.addr, "/config?key=x").await.status, StatusCode::NOT_FOUND);
+    server.wait_for_log("key-value store unavailable").await;
+    assert_eq!(
+        server.log().matches("key-value store unavailable").count(),
+        1,
+        "logged once per outage:\n{}",
+        server.log()
+    );
+
+    // A fresh Redis (nothing saved): the count starts over.
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let reply = get(server.addr, "/count").await;
+        if reply.status == StatusCode::OK {
+            assert_eq!(reply.text(), "1");
+            break;
+        }
+        assert!(started.elapsed() < STEP_TIMEOUT, "never reconnected: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&server).await, 2);
+    server.wait_for_log("key-value store answers again").await;
+}
+
+/// An unknown store, an oversized value and a guest that never closes its
+/// buckets each get a clear error, and nothing of them outlives the request.
+#[tokio::test]
+async fn bad_calls_get_clear_errors() {
+    let dir = temp_dir("errors");
+    let url = format!("sqlite:{}", dir.join("kv.db").display());
+    let server = Server::start(
+        GUEST,
+        &["--keyvalue", url.as_str(), "--keyvalue-max-value", "1KiB"],
+    );
+
+    let reply = get(server.addr, "/count?store=nope").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.text().contains("NoSuchStore"), "{}", reply.text());
+
+    let mut conn = Conn::http1(server.addr).await;
+    let reply = conn.send("POST", "/set?key=k", &"x".repeat(1024)).await;
+    assert_eq!(reply.text(), "stored");
+    let reply = conn.send("POST", "/set?key=k", &"x".repeat(1025)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.text().contains("--keyvalue-max-value"), "{}", reply.text());
+
+    // Buckets are resources under the request's cap, freed with its
+    // instance: 300 fit, every time; 1,000 run into the cap.
+    for _ in 0..2 {
+        assert_eq!(get(server.addr, "/leak?buckets=300").await.text(), "opened 300");
+    }
+    let reply = get(server.addr, "/leak?buckets=1000").await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    server.wait_for_log("resource table has no free keys").await;
+    assert_eq!(get(server.addr, "/leak?buckets=300").await.text(), "opened 300");
+    assert_eq!(count(&server).await, 1);
+}
