@@ -53,7 +53,10 @@ impl Redis {
         self.child = Some(child);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < STEP_TIMEOUT, "redis-server did not start");
+            assert!(
+                started.elapsed() < STEP_TIMEOUT,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -175,7 +178,10 @@ async fn no_store_file_until_a_guest_uses_one() {
     let data = temp_dir("unused");
     let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
     let server = Server::start_with_env(GUEST, &[], &env);
-    assert_eq!(get(server.addr, "/config?key=x").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(server.addr, "/config?key=x").await.status,
+        StatusCode::NOT_FOUND
+    );
     drop(server);
     assert!(!data.join("wasi-http-server").exists());
 }
@@ -197,7 +203,10 @@ async fn a_redis_outage_is_survived() {
         assert!(reply.text().contains("unavailable"), "{}", reply.text());
     }
     // Everything else is served as usual.
-    assert_eq!(get(server.addr, "/config?key=x").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(server.addr, "/config?key=x").await.status,
+        StatusCode::NOT_FOUND
+    );
     server.wait_for_log("key-value store unavailable").await;
     assert_eq!(
         server.log().matches("key-value store unavailable").count(),
@@ -215,7 +224,11 @@ async fn a_redis_outage_is_survived() {
             assert_eq!(reply.text(), "1");
             break;
         }
-        assert!(started.elapsed() < STEP_TIMEOUT, "never reconnected: {}", reply.text());
+        assert!(
+            started.elapsed() < STEP_TIMEOUT,
+            "never reconnected: {}",
+            reply.text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(count(&server).await, 2);
@@ -242,16 +255,26 @@ async fn bad_calls_get_clear_errors() {
     assert_eq!(reply.text(), "stored");
     let reply = conn.send("POST", "/set?key=k", &"x".repeat(1025)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(reply.text().contains("--keyvalue-max-value"), "{}", reply.text());
+    assert!(
+        reply.text().contains("--keyvalue-max-value"),
+        "{}",
+        reply.text()
+    );
 
     // Buckets are resources under the request's cap, freed with its
     // instance: 300 fit, every time; 1,000 run into the cap.
     for _ in 0..2 {
-        assert_eq!(get(server.addr, "/leak?buckets=300").await.text(), "opened 300");
+        assert_eq!(
+            get(server.addr, "/leak?buckets=300").await.text(),
+            "opened 300"
+        );
     }
     let reply = get(server.addr, "/leak?buckets=1000").await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     server.wait_for_log("resource table has no free keys").await;
-    assert_eq!(get(server.addr, "/leak?buckets=300").await.text(), "opened 300");
+    assert_eq!(
+        get(server.addr, "/leak?buckets=300").await.text(),
+        "opened 300"
+    );
     assert_eq!(count(&server).await, 1);
 }
