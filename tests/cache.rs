@@ -12,14 +12,17 @@ fn cache_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The one entry in `dir`.
+/// The one entry in `dir`, the compiled code; its checksum is beside it.
 fn entry(dir: &Path) -> PathBuf {
-    let entries: Vec<_> = std::fs::read_dir(dir)
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("cache dir")
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    entries.into_iter().next().unwrap()
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "cwasm", "{files:?}");
+    assert_eq!(files[1], files[0].with_extension("sha256"), "{files:?}");
+    files.swap_remove(0)
 }
 
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "wasi_http_server=debug")];

@@ -3,10 +3,17 @@
 //! An entry's file name is a SHA-256 of the component's bytes and of the
 //! engine's compatibility hash (wasmtime version, target, every setting that
 //! shapes compiled code), so a stale entry is never even looked at: a changed
-//! component, server or flag simply misses. An entry starts with a SHA-256 of
-//! the rest, checked before wasmtime maps it as code, so a corrupted or
-//! truncated entry is recompiled, not run. Entries are written to a temporary
-//! file and renamed into place, so readers never see half an entry.
+//! component, server or flag simply misses. Beside each entry (`NAME.cwasm`)
+//! is its SHA-256 (`NAME.sha256`), checked before wasmtime maps the entry as
+//! code, so a corrupted or truncated entry is recompiled, not run. Both are
+//! written to temporary files and renamed into place, so readers never see
+//! half of one; a reader that sees a new entry with the old checksum
+//! recompiles.
+//!
+//! The entry is the compiled component exactly as wasmtime serialized it, so
+//! wasmtime maps the file itself (`deserialize_file`) instead of copying it
+//! into memory: only the code a guest runs becomes resident (the JS guest's
+//! entry is 38 MB), and a warm start skips a copy.
 //!
 //! Entries are native code that the server maps and runs: a directory that
 //! another user owns, or that group or others may write to, could be given a
@@ -43,21 +50,23 @@ pub fn load_or_compile(
     };
     check_private(dir)?;
     let path = entry_path(engine, bytes, dir);
-    match read_entry(&path) {
-        Ok(Some(entry)) => {
-            // SAFETY: the entry's code is what `Component::serialize` wrote
-            // for an engine with the same compatibility hash (it is part of
-            // the file name), and its checksum proves it unchanged since. The
-            // cache directory is created private to this user, who could run
-            // code anyway.
-            match unsafe { Component::deserialize(engine, entry.code()) } {
+    match check_entry(&path) {
+        Ok(true) => {
+            // SAFETY: the entry is what `Component::serialize` wrote for an
+            // engine with the same compatibility hash (it is part of the file
+            // name), and its checksum proves it unchanged since. Entries are
+            // only ever replaced by renaming a new file over them, never
+            // written in place, so the mapped file cannot change under
+            // wasmtime. The cache directory is created private to this user,
+            // who could run code anyway.
+            match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, Origin::Cache)),
                 Err(err) => {
                     warn!(path = %path.display(), "unusable cache entry, recompiling: {err:#}")
                 }
             }
         }
-        Ok(None) => {}
+        Ok(false) => {}
         Err(reason) => warn!(path = %path.display(), "{reason}, recompiling"),
     }
     let component = Component::new(engine, bytes)?;
@@ -110,39 +119,31 @@ fn entry_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {
     dir.join(format!("{:x}.cwasm", key.0.finalize()))
 }
 
-/// The entry's code if the file exists and its checksum holds; `Err` says why
-/// an existing entry was refused.
-fn read_entry(path: &Path) -> std::result::Result<Option<Entry>, String> {
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(format!("cannot read the cache entry: {err}")),
-    };
-    // Mapped rather than read: a 38 MB entry (the JS guest's) is checked and
-    // handed to wasmtime without first being copied, which took a third of a
-    // warm start (BENCHMARKS.md).
-    // SAFETY: entries are only ever replaced by renaming a new file over
-    // them, never written in place, so the mapped bytes cannot change; the
-    // directory is private to this user (`check_private`).
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|err| format!("cannot map the cache entry: {err}"))?;
-    if map.len() < 32 {
-        return Err("truncated cache entry".into());
-    }
-    let (checksum, code) = map.split_at(32);
-    if Sha256::digest(code).as_slice() != checksum {
-        return Err("corrupted cache entry (checksum mismatch)".into());
-    }
-    Ok(Some(Entry(map)))
+/// The entry's checksum file, beside it.
+fn checksum_path(entry: &Path) -> PathBuf {
+    entry.with_extension("sha256")
 }
 
-/// A cache entry whose checksum held: its compiled code follows the checksum.
-struct Entry(memmap2::Mmap);
-
-impl Entry {
-    fn code(&self) -> &[u8] {
-        &self.0[32..]
+/// Whether the entry at `path` exists and its checksum holds; `Err` says why
+/// an existing entry was refused.
+fn check_entry(path: &Path) -> std::result::Result<bool, String> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(format!("cannot read the cache entry: {err}")),
+    };
+    let expected = fs::read(checksum_path(path))
+        .map_err(|err| format!("cannot read the cache entry's checksum: {err}"))?;
+    // Read through a small buffer, not mapped: pages read here stay in the
+    // page cache, but only those wasmtime's own mapping touches count
+    // against this process.
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|err| format!("cannot read the cache entry: {err}"))?;
+    if hasher.finalize().as_slice() != expected.as_slice() {
+        return Err("corrupted cache entry (checksum mismatch)".into());
     }
+    Ok(true)
 }
 
 fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
@@ -150,6 +151,12 @@ fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    write_atomically(path, code)?;
+    write_atomically(&checksum_path(path), &Sha256::digest(code))
+}
+
+/// Writes `bytes` to a temporary file and renames it to `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -157,8 +164,7 @@ fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&temp)?;
-    file.write_all(&Sha256::digest(code))?;
-    file.write_all(code)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&temp, path)
 }
