@@ -6,9 +6,8 @@
 //! component, server or flag simply misses. Beside each entry (`NAME.cwasm`)
 //! is its SHA-256 (`NAME.sha256`), checked before wasmtime maps the entry as
 //! code, so a corrupted or truncated entry is recompiled, not run. Both are
-//! written to temporary files and renamed into place, so readers never see
-//! half of one; a reader that sees a new entry with the old checksum
-//! recompiles.
+//! written to temporary files and renamed into place, the checksum first, so
+//! readers never see half of either, nor an entry without its checksum.
 //!
 //! The entry is the compiled component exactly as wasmtime serialized it, so
 //! wasmtime maps the file itself (`deserialize_file`) instead of copying it
@@ -132,8 +131,12 @@ fn check_entry(path: &Path) -> std::result::Result<bool, String> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(err) => return Err(format!("cannot read the cache entry: {err}")),
     };
-    let expected = fs::read(checksum_path(path))
-        .map_err(|err| format!("cannot read the cache entry's checksum: {err}"))?;
+    let expected = match fs::read(checksum_path(path)) {
+        Ok(expected) => expected,
+        // An entry of the older format, which kept its checksum inside.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(format!("cannot read the cache entry's checksum: {err}")),
+    };
     // Read through a small buffer, not mapped: pages read here stay in the
     // page cache, but only those wasmtime's own mapping touches count
     // against this process.
@@ -151,8 +154,9 @@ fn write_entry(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    write_atomically(path, code)?;
-    write_atomically(&checksum_path(path), &Sha256::digest(code))
+    // The checksum first: once the entry is in place, its checksum is too.
+    write_atomically(&checksum_path(path), &Sha256::digest(code))?;
+    write_atomically(path, code)
 }
 
 /// Writes `bytes` to a temporary file and renames it to `path`.
