@@ -68,6 +68,14 @@ impl Redis {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: a Redis that accepts
+    /// connections but never answers.
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -233,6 +241,51 @@ async fn a_redis_outage_is_survived() {
     }
     assert_eq!(count(&server).await, 2);
     server.wait_for_log("key-value store answers again").await;
+}
+
+/// A Redis that hangs holds no request past its deadline: the guest is
+/// stopped at `--request-timeout` (504) while other requests are served, and
+/// once Redis answers again so does the store.
+#[tokio::test]
+async fn a_hung_redis_is_bounded_by_the_deadline() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let server = Server::start(
+        GUEST,
+        &["--keyvalue", url.as_str(), "--request-timeout", "1s"],
+    );
+    assert_eq!(count(&server).await, 1);
+
+    redis.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let reply = get(server.addr, "/count").await;
+    let waited = started.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    assert_eq!(
+        get(server.addr, "/config?key=x").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    redis.signal(libc::SIGCONT);
+    let started = Instant::now();
+    loop {
+        let reply = get(server.addr, "/count").await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < STEP_TIMEOUT,
+            "never recovered: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An unknown store, an oversized value and a guest that never closes its
