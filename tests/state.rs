@@ -115,6 +115,18 @@ async fn config_values_reach_the_guest() {
     assert_eq!(reply.text(), "FROM_ENV=passed on\ngreeting=hello there\n");
 }
 
+/// A WASI 0.3 guest imports `wasi:config` 0.2 (there is no 0.3 version) and
+/// gets the same answers.
+#[tokio::test]
+async fn config_values_reach_a_wasi_0_3_guest() {
+    let server = Server::start("testbed-p3", &["--config", "greeting=hello there"]);
+    let reply = get(server.addr, "/config?key=greeting").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "hello there");
+    let reply = get(server.addr, "/config?key=unset").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
 /// 200 requests spread over `servers`, 8 at a time: every answer is a
 /// different count and the counter ends at 200, so no increment was lost
 /// to another (atomics, not get-then-set).

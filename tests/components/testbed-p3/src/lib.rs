@@ -20,6 +20,7 @@
 //! | `/request` | describes the request as the guest sees it |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
+//! | `/config?key=K` | answers with K's value from `wasi:config/store` (a 0.2 interface, which 0.3 components import as is), or 404 and `none` |
 //! | anything else | `testbed\n` |
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,6 +30,15 @@ use wasip3::http::client;
 use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
 use wasip3::wit_bindgen::{self, StreamReader, StreamResult};
 use wasip3::{wit_future, wit_stream};
+
+/// `wasi:config` has no 0.3 version: 0.3 components import the 0.2 one.
+mod config {
+    wit_bindgen::generate!({
+        path: "../../../wit/deps/config",
+        world: "wasi:config/imports",
+    });
+    pub use self::wasi::config::store::get;
+}
 
 /// Lives in the instance's memory: with a fresh instance per request it is
 /// always 0 when a request starts.
@@ -178,6 +188,14 @@ impl wasip3::exports::http::handler::Guest for Testbed {
                 {
                     Some((_, value)) => Ok(respond(200, format!("{value}\n").into_bytes())),
                     None => Ok(respond(404, b"unset\n".to_vec())),
+                }
+            }
+            "/config" => {
+                let key: String = query_param(&query, "key").unwrap_or_default();
+                match config::get(&key) {
+                    Ok(Some(value)) => Ok(respond(200, value.into_bytes())),
+                    Ok(None) => Ok(respond(404, b"none".to_vec())),
+                    Err(err) => Ok(respond(500, format!("{err:?}").into_bytes())),
                 }
             }
             _ => Ok(respond(200, b"testbed\n".to_vec())),
