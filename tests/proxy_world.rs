@@ -20,7 +20,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
     let sandbox = Sandbox {
         max_memory: 64 << 20,
-        host: HostBudget::new(64 << 20, 32 << 10).expect("a valid budget"),
+        host: HostBudget::new(64 << 20, 32 << 10, 0).expect("a valid budget"),
         max_output: 1 << 20,
         allowed_outbound: Vec::new().into(),
         env: Vec::new().into(),

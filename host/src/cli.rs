@@ -138,7 +138,8 @@ pub struct Cli {
 
     /// Host memory one instance may make the server keep, beyond its linear
     /// memory: header sets, requests and responses, buffered body chunks,
-    /// streams, outbound connections and output lines. The server caps how
+    /// streams, outbound connections, output lines and one key-value call
+    /// (`--keyvalue-max-batch`). The server caps how
     /// many resources an instance may hold so that, at the largest each
     /// kind can get, they fit this budget (a few hundred by default; a
     /// hello-world request uses under ten), so the worst case for the whole
@@ -213,9 +214,10 @@ pub struct Cli {
     pub keyvalue_max_value: ByteSize,
 
     /// Most keys in one batch call (`get-many`, `set-many`, `delete-many`)
-    /// and in one page of `list-keys`: with `--keyvalue-max-value`, bounds
-    /// what one call makes the host hold (100 x 1 MiB).
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    /// and in one page of `list-keys`. One call may make the host hold twice
+    /// this many of the largest keys and values (16 MiB by default), which
+    /// counts against `--max-guest-host-memory`: raise both together.
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub keyvalue_max_batch: usize,
 }
 

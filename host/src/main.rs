@@ -72,9 +72,19 @@ fn bytes(size: bytesize::ByteSize) -> usize {
 fn run(cli: Cli) -> Result<()> {
     // The command line becomes each layer's settings here; nothing below
     // sees it.
+    let keyvalue_limits = keyvalue::Limits {
+        max_key: bytes(cli.keyvalue_max_key),
+        max_value: bytes(cli.keyvalue_max_value),
+        max_batch: cli.keyvalue_max_batch,
+    };
     let host = HostBudget::new(
         bytes(cli.max_guest_host_memory),
         bytes(cli.max_guest_fields_size),
+        HostBudget::keyvalue_call(
+            keyvalue_limits.max_key,
+            keyvalue_limits.max_value,
+            keyvalue_limits.max_batch,
+        ),
     )
     .map_err(anyhow::Error::msg)?;
     // Redis connections are driven by a runtime of their own: the workers'
@@ -88,16 +98,8 @@ fn run(cli: Cli) -> Result<()> {
         .context("starting the key-value runtime")?;
     let stores = {
         let _in_io_runtime = store_io.enter();
-        keyvalue::Stores::new(
-            &cli.keyvalue,
-            cli.default_keyvalue_path(),
-            keyvalue::Limits {
-                max_key: bytes(cli.keyvalue_max_key),
-                max_value: bytes(cli.keyvalue_max_value),
-                max_batch: cli.keyvalue_max_batch,
-            },
-        )
-        .map_err(anyhow::Error::msg)?
+        keyvalue::Stores::new(&cli.keyvalue, cli.default_keyvalue_path(), keyvalue_limits)
+            .map_err(anyhow::Error::msg)?
     };
     let limits = Limits {
         sandbox: Sandbox {

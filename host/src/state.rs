@@ -60,7 +60,7 @@ const ENTRY_OVERHEAD: usize = 1 << 10;
 /// streams, pollables); every kind of entry has a bounded size, so the
 /// table's capacity times the largest entry, plus the fixed per-instance
 /// buffers (outbound connections, guest output lines, one `wasi:random`
-/// call), is the bound.
+/// call, one key-value call), is the bound.
 #[derive(Clone, Copy, Debug)]
 pub struct HostBudget {
     /// `--max-guest-fields-size`: the cap wasmtime-wasi-http enforces on one
@@ -68,6 +68,9 @@ pub struct HostBudget {
     pub fields_size: usize,
     /// Resource table entries one instance may hold at once.
     pub resources: usize,
+    /// The most one key-value call makes the host hold (see
+    /// [`HostBudget::keyvalue_call`]).
+    keyvalue_call: usize,
 }
 
 impl HostBudget {
@@ -81,38 +84,53 @@ impl HostBudget {
         request.max(body) + ENTRY_OVERHEAD
     }
 
+    /// What one key-value call can make the host hold: a batch of the
+    /// largest keys and values, twice (the guest's copy, and the store's
+    /// request or reply buffer).
+    pub fn keyvalue_call(max_key: usize, max_value: usize, max_batch: usize) -> usize {
+        2 * max_batch.max(1) * (max_key + max_value)
+    }
+
     /// What an instance holds whatever its table holds.
-    pub fn fixed() -> usize {
+    fn fixed(&self) -> usize {
         MAX_OUTBOUND * OUTBOUND_BYTES
             + 2 * crate::guest_output::MAX_LINE
             + MAX_RANDOM_BYTES as usize
+            + self.keyvalue_call
     }
 
-    /// Fits the resource table to `total` bytes of host memory. Fails when
-    /// the budget cannot hold [`MIN_RESOURCES`] entries.
-    pub fn new(total: usize, fields_size: usize) -> Result<Self, String> {
+    /// Fits the resource table to `total` bytes of host memory, beside one
+    /// key-value call of `keyvalue_call` bytes. Fails when the budget cannot
+    /// hold [`MIN_RESOURCES`] entries.
+    pub fn new(total: usize, fields_size: usize, keyvalue_call: usize) -> Result<Self, String> {
+        let mut budget = Self {
+            fields_size,
+            resources: 0,
+            keyvalue_call,
+        };
         let entry = Self::largest_entry(fields_size);
-        let resources = total.saturating_sub(Self::fixed()) / entry;
-        if resources < MIN_RESOURCES {
+        budget.resources = total.saturating_sub(budget.fixed()) / entry;
+        if budget.resources < MIN_RESOURCES {
             let size = |bytes: usize| bytesize::ByteSize(bytes as u64);
             return Err(format!(
-                "--max-guest-host-memory ({}) holds only {resources} resources of up to {} each \
-                 after {} of fixed buffers; give it at least {}, or lower --max-guest-fields-size",
+                "--max-guest-host-memory ({}) holds only {} resources of up to {} each \
+                 after {} of fixed buffers (of which {} for one key-value call); give it at \
+                 least {}, or lower --max-guest-fields-size, --keyvalue-max-value or \
+                 --keyvalue-max-batch",
                 size(total),
+                budget.resources,
                 size(entry),
-                size(Self::fixed()),
-                size(Self::fixed() + MIN_RESOURCES * entry)
+                size(budget.fixed()),
+                size(keyvalue_call),
+                size(budget.fixed() + MIN_RESOURCES * entry)
             ));
         }
-        Ok(Self {
-            fields_size,
-            resources,
-        })
+        Ok(budget)
     }
 
     /// The bound this budget holds the host to, per instance.
     pub fn bound(&self) -> usize {
-        self.resources * Self::largest_entry(self.fields_size) + Self::fixed()
+        self.resources * Self::largest_entry(self.fields_size) + self.fixed()
     }
 }
 
@@ -289,9 +307,13 @@ mod tests {
     /// states stays within it.
     #[test]
     fn default_budget_fits() {
-        let budget = HostBudget::new(64 << 20, 32 << 10).unwrap();
+        let keyvalue = HostBudget::keyvalue_call(1 << 10, 1 << 20, 8);
+        let budget = HostBudget::new(64 << 20, 32 << 10, keyvalue).unwrap();
         assert!(budget.resources >= 256, "{budget:?}");
         assert!(budget.bound() <= 64 << 20);
-        assert!(HostBudget::new(1 << 20, 32 << 10).is_err());
+        assert!(HostBudget::new(1 << 20, 32 << 10, 0).is_err());
+        // Key-value limits that leave no room for resources are refused.
+        let huge = HostBudget::keyvalue_call(1 << 10, 1 << 20, 100);
+        assert!(HostBudget::new(64 << 20, 32 << 10, huge).is_err());
     }
 }

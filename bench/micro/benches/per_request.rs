@@ -30,7 +30,7 @@ fn per_request(c: &mut Criterion) {
     let limits = Limits {
         sandbox: Sandbox {
             max_memory: 128 << 20,
-            host: HostBudget::new(64 << 20, 32 << 10).expect("the default budget"),
+            host: HostBudget::new(64 << 20, 32 << 10, 0).expect("the default budget"),
             max_output: 256 << 10,
             allowed_outbound: Vec::new().into(),
             env: Vec::new().into(),
