@@ -300,8 +300,9 @@ async fn a_hung_redis_is_bounded_by_the_deadline() {
     }
 }
 
-/// An unknown store, an oversized value and a guest that never closes its
-/// buckets each get a clear error, and nothing of them outlives the request.
+/// An unknown store, an oversized value, a key that is too long, a batch
+/// that is too large and a guest that never closes its buckets each get a
+/// clear error, and nothing of them outlives the request.
 #[tokio::test]
 async fn bad_calls_get_clear_errors() {
     let dir = temp_dir("errors");
@@ -322,6 +323,30 @@ async fn bad_calls_get_clear_errors() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         reply.text().contains("--keyvalue-max-value"),
+        "{}",
+        reply.text()
+    );
+
+    let long_key = "k".repeat(1025);
+    let reply = conn
+        .send("POST", &format!("/set?key={long_key}"), "v")
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.text().contains("--keyvalue-max-key"),
+        "{}",
+        reply.text()
+    );
+
+    // The default batch limit is 8 keys.
+    assert_eq!(
+        get(server.addr, "/set-many?keys=8").await.text(),
+        "stored 8"
+    );
+    let reply = get(server.addr, "/set-many?keys=9").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.text().contains("--keyvalue-max-batch"),
         "{}",
         reply.text()
     );

@@ -10,6 +10,7 @@
 //! | `/count` | increments `counter` in STORE by one and answers the new value |
 //! | `/get?key=K` | K's value in STORE, or 404 |
 //! | `POST /set?key=K` | stores the request body at K in STORE |
+//! | `/set-many?keys=N` | stores `v` at N keys `k0`..`kN-1` in STORE in one batch call |
 //! | `/leak?buckets=N` | opens STORE N times without ever closing it, then answers how many opened |
 //!
 //! A store error is answered 503 with the error, as a real guest would
@@ -27,7 +28,7 @@ use wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::StreamError;
-use wasi::keyvalue::{atomics, store};
+use wasi::keyvalue::{atomics, batch, store};
 
 struct StateGuest;
 
@@ -73,6 +74,16 @@ impl Guest for StateGuest {
                     store::open(&store_name)
                         .and_then(|bucket| bucket.set(&param("key"), &value))
                         .map(|()| b"stored".to_vec()),
+                )
+            }
+            "/set-many" => {
+                let n: usize = param("keys").parse().unwrap_or(0);
+                let pairs: Vec<(String, Vec<u8>)> =
+                    (0..n).map(|i| (format!("k{i}"), b"v".to_vec())).collect();
+                answer(
+                    store::open(&store_name)
+                        .and_then(|bucket| batch::set_many(&bucket, &pairs))
+                        .map(|()| format!("stored {n}").into_bytes()),
                 )
             }
             "/leak" => {
