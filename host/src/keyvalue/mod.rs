@@ -225,6 +225,16 @@ impl From<ResourceTableError> for KvError {
     }
 }
 
+/// Refuses `size` past `max`, naming the flag that sets it.
+fn within(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Result<(), KvError> {
+    if size > max {
+        return Err(KvError::Other(format!(
+            "{what} {size} {unit} is over the {max} allowed ({flag})"
+        )));
+    }
+    Ok(())
+}
+
 /// What the key-value host functions see of a request's store.
 pub struct KeyValue<'a> {
     pub table: &'a mut ResourceTable,
@@ -238,35 +248,29 @@ impl KeyValue<'_> {
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
-        let max = self.stores.limits.max_key;
-        if key.len() > max {
-            return Err(KvError::Other(format!(
-                "a key of {} bytes is longer than the {max} allowed (--keyvalue-max-key)",
-                key.len()
-            )));
-        }
-        Ok(())
+        within(
+            key.len(),
+            self.stores.limits.max_key,
+            "a key of",
+            "bytes",
+            "--keyvalue-max-key",
+        )
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
         let max = self.stores.limits.max_value;
-        if value.len() > max {
-            return Err(KvError::Other(format!(
-                "a value of {} bytes is larger than the {max} allowed (--keyvalue-max-value)",
-                value.len()
-            )));
-        }
-        Ok(())
+        within(
+            value.len(),
+            max,
+            "a value of",
+            "bytes",
+            "--keyvalue-max-value",
+        )
     }
 
     fn check_batch(&self, len: usize) -> Result<(), KvError> {
         let max = self.stores.limits.max_batch;
-        if len > max {
-            return Err(KvError::Other(format!(
-                "{len} keys in one call, more than the {max} allowed (--keyvalue-max-batch)"
-            )));
-        }
-        Ok(())
+        within(len, max, "a batch of", "keys", "--keyvalue-max-batch")
     }
 
     /// A value read from a store that others may write to is held to the
