@@ -103,6 +103,7 @@ enum Backend {
 }
 
 /// Why a call to a store failed.
+#[derive(Debug)]
 pub enum Failure {
     /// The store cannot be reached or used now (Redis down, disk error):
     /// logged once per outage.

@@ -8,10 +8,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::OnceCell;
 
 use super::Failure;
@@ -139,37 +139,38 @@ impl Sqlite {
         .await
     }
 
-    /// Adds `delta` to the decimal number stored at `key` (0 when absent)
-    /// inside one immediate transaction, so increments from any number of
-    /// processes never lose one another.
     pub async fn increment(&self, key: String, delta: u64) -> Result<u64, Failure> {
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(down)?;
-            let current = match get(&tx, &key)? {
-                None => 0,
-                Some(bytes) => std::str::from_utf8(&bytes)
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        Failure::Refused(format!("the value at `{key}` is not a decimal number"))
-                    })?,
-            };
-            let next = current.checked_add(delta).ok_or_else(|| {
-                Failure::Refused(format!("incrementing `{key}` overflows 64 bits"))
-            })?;
-            tx.execute(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, next.to_string().into_bytes()],
-            )
-            .map_err(down)?;
-            tx.commit().map_err(down)?;
-            Ok(next)
-        })
-        .await
+        self.run(move |conn| increment(conn, &key, delta)).await
     }
+}
+
+/// Adds `delta` to the decimal number stored at `key` (0 when absent)
+/// inside one immediate transaction, so increments from any number of
+/// processes never lose one another.
+fn increment(conn: &mut Connection, key: &str, delta: u64) -> Result<u64, Failure> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(down)?;
+    let current = match get(&tx, key)? {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Failure::Refused(format!("the value at `{key}` is not a decimal number"))
+            })?,
+    };
+    let next = current
+        .checked_add(delta)
+        .ok_or_else(|| Failure::Refused(format!("incrementing `{key}` overflows 64 bits")))?;
+    tx.execute(
+        "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, next.to_string().into_bytes()],
+    )
+    .map_err(down)?;
+    tx.commit().map_err(down)?;
+    Ok(next)
 }
 
 /// Opens (creating if need be) the file and its table, in WAL mode.
@@ -182,16 +183,32 @@ fn open(path: &Path) -> Result<Arc<Mutex<Connection>>, Failure> {
             .create(dir)
             .map_err(|err| Failure::Down(format!("cannot create {}: {err}", dir.display())))?;
     }
-    let conn = Connection::open(path)
+    let mut conn = Connection::open(path)
         .map_err(|err| Failure::Down(format!("cannot open {}: {err}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(down)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
+    // Processes started together open a new file at once. Switching it to
+    // WAL needs the file to themselves, and where two connections would wait
+    // for each other SQLite answers "database is locked" at once instead of
+    // waiting out the busy timeout; so the switch is retried until then.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    while let Err(err) = conn.pragma_update(None, "journal_mode", "WAL") {
+        if err.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) || Instant::now() > deadline {
+            return Err(down(err));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // An immediate transaction takes the write lock before reading the
+    // schema, so it waits (busy timeout) rather than finding its snapshot
+    // stale.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(down)?;
-    conn.execute(
+    tx.execute(
         "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
         [],
     )
     .map_err(down)?;
+    tx.commit().map_err(down)?;
     Ok(Arc::new(Mutex::new(conn)))
 }
 
@@ -217,4 +234,45 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(op)
         .await
         .unwrap_or_else(|panicked| Err(Failure::Down(format!("the store panicked: {panicked}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server processes started together all open a new file at once: each
+    /// switches it to WAL and creates the table. SQLite answers some of them
+    /// "database is locked" at once, without waiting out the busy timeout
+    /// (it refuses to wait where two lock upgrades could deadlock), so the
+    /// first request of one server failed. Threads with a connection each
+    /// are the same to SQLite as processes.
+    #[test]
+    fn many_openers_of_a_new_file_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("kv-open-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for round in 0..20 {
+            let path = dir.join(format!("{round}.sqlite3"));
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let conn = open(&path)?;
+                        let mut conn = conn.lock().unwrap();
+                        increment(&mut conn, "counter", 1)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                if let Err(failure) = opener.join().unwrap() {
+                    panic!("round {round}: {failure:?}");
+                }
+            }
+            let conn = open(&path).unwrap();
+            let value = get(&conn.lock().unwrap(), "counter").unwrap();
+            assert_eq!(value.as_deref(), Some(&b"8"[..]), "round {round}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
