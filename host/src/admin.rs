@@ -2,6 +2,7 @@
 //! listener of their own, so they never shadow a path of the guest's.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// answering means the server is ready. At most
 /// [`ADMIN_CONNECTIONS`] connections at once, so a flood of them cannot use
 /// up the descriptors client connections need.
-pub async fn serve(listener: TcpListener) {
+pub async fn serve(listener: TcpListener, metrics: Metrics) {
     let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         let permit = connections
@@ -48,12 +49,16 @@ pub async fn serve(listener: TcpListener) {
                 continue;
             }
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service_fn(answer));
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(|request| answer(request, metrics.clone())),
+                );
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
                 Ok(Err(err)) => debug!("admin connection ended with an error: {err}"),
                 Err(_) => debug!("closed an admin connection open for {CONNECTION_LIFETIME:?}"),
@@ -63,14 +68,35 @@ pub async fn serve(listener: TcpListener) {
     }
 }
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Where `/metrics` comes from: this process's own metrics, or in a
+/// supervisor (`--processes`) the sum of its serving processes'. An error
+/// says why there is no answer now (503).
+pub type Metrics =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+/// This process's own metrics.
+pub fn own_metrics() -> Metrics {
+    Arc::new(|| Box::pin(std::future::ready(Ok(METRICS.encode()))))
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    metrics: Metrics,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/metrics" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            METRICS.encode().into(),
-        ),
+        "/metrics" => match metrics().await {
+            Ok(text) => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text.into(),
+            ),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n").into(),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

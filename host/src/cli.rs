@@ -25,10 +25,28 @@ pub struct Cli {
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
 
-    /// Worker threads, each an event loop serving the connections dealt to it
-    /// in turn; a connection stays on its worker. One per core by default.
-    #[arg(long, default_value_t = default_threads())]
-    pub threads: usize,
+    /// Worker threads per serving process, each an event loop serving the
+    /// connections dealt to it in turn; a connection stays on its worker.
+    /// [default: one per core; 1 with `--processes`]
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Serving processes. With 1 (the default) this process serves. With
+    /// more, it starts that many single-threaded serving processes sharing
+    /// its listening socket and looks after them: it restarts one that dies,
+    /// passes SIGHUP and SIGTERM on, and its `--admin-addr` sums their
+    /// metrics. On large guests (JS and Python interpreters) this serves
+    /// more: resetting an instance's memory makes the kernel interrupt every
+    /// core the process runs on, and a single-threaded process runs on one
+    /// (BENCHMARKS.md). `--max-concurrent-requests` and `--max-connections`
+    /// stay limits of the whole server, split evenly between the processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub processes: u16,
+
+    /// Given by a supervisor (`--processes`) to the processes it starts: the
+    /// descriptor of the listening socket they share.
+    #[arg(long, hide = true)]
+    pub listen_fd: Option<i32>,
 
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object per line) for log collectors. Filter with `RUST_LOG`
@@ -251,11 +269,29 @@ fn guest_env(arg: &str) -> Result<(String, String), String> {
     }
 }
 
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 impl Cli {
+    /// `--threads`, or its default.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            if self.processes > 1 {
+                1
+            } else {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            }
+        })
+    }
+
+    /// One serving process's share of a whole-server limit given as `flag`.
+    pub fn per_process(&self, total: usize, flag: &str) -> Result<usize, String> {
+        let processes = usize::from(self.processes);
+        match total / processes {
+            0 => Err(format!(
+                "{flag} ({total}) is for the whole server and must be at least --processes ({processes})"
+            )),
+            share => Ok(share),
+        }
+    }
+
     /// Where the default key-value store lives when no `--keyvalue` names
     /// one: the user's data directory, as XDG says.
     pub fn default_keyvalue_path(&self) -> Option<PathBuf> {

@@ -29,5 +29,6 @@ pub mod response;
 pub mod server;
 pub mod slots;
 pub mod state;
+pub mod supervisor;
 pub mod wasi_p2;
 pub mod wasi_p3;

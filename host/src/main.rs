@@ -18,7 +18,7 @@ use wasi_http_server::handler::{Handler, Limits};
 use wasi_http_server::pool::Pool;
 use wasi_http_server::reload::{self, Reloader, Source};
 use wasi_http_server::state::{HostBudget, Sandbox};
-use wasi_http_server::{component, fd_limit, guest_output, keyvalue, server};
+use wasi_http_server::{admin, component, fd_limit, guest_output, keyvalue, server, supervisor};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
 /// and response: dozens of small allocations. mimalloc's thread-local free
@@ -71,7 +71,15 @@ fn bytes(size: bytesize::ByteSize) -> usize {
 
 fn run(cli: Cli) -> Result<()> {
     // The command line becomes each layer's settings here; nothing below
-    // sees it.
+    // sees it. With --processes, the limits of the whole server are split.
+    let slots = cli
+        .per_process(cli.max_concurrent_requests, "--max-concurrent-requests")
+        .map_err(anyhow::Error::msg)?;
+    let max_connections = cli
+        .max_connections
+        .map(|total| cli.per_process(total, "--max-connections"))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let keyvalue_limits = keyvalue::Limits {
         max_key: bytes(cli.keyvalue_max_key),
         max_value: bytes(cli.keyvalue_max_value),
@@ -111,13 +119,13 @@ fn run(cli: Cli) -> Result<()> {
             config: Arc::new(cli.config.iter().cloned().collect()),
             keyvalue: Arc::new(stores),
         },
-        max_concurrent_requests: cli.max_concurrent_requests,
+        max_concurrent_requests: slots,
         queue_timeout: cli.queue_timeout,
         request_timeout: cli.request_timeout,
         max_body: cli.max_body.as_u64(),
     };
     let pool = Pool {
-        slots: cli.max_concurrent_requests,
+        slots,
         max_memory: bytes(cli.max_memory),
     };
     let source = Source {
@@ -149,13 +157,27 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
+    if cli.processes > 1 && cli.listen_fd.is_none() {
+        // The component compiled and instantiated here, so a broken one
+        // fails before listening, and it is in the compile cache for the
+        // serving processes. This process serves nothing itself.
+        drop((handler, engines, stores, store_io));
+        return runtime.block_on(supervise(&cli));
+    }
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
-        let listener =
-            server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
+        let listener = match cli.listen_fd {
+            Some(fd) => supervisor::inherited_listener(fd)
+                .with_context(|| format!("cannot serve on descriptor {fd} (--listen-fd)"))?,
+            None => {
+                server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?
+            }
+        };
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         let reloader = Reloader::new(engines, handler.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
-        let admin = match cli.admin_addr {
+        // A serving process's metrics reach the admin endpoint through its
+        // supervisor.
+        let admin = match cli.admin_addr.filter(|_| cli.listen_fd.is_none()) {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -169,17 +191,17 @@ fn run(cli: Cli) -> Result<()> {
     let outbound = if cli.allow_outbound.is_empty() {
         0
     } else {
-        cli.max_concurrent_requests * wasi_http_server::state::MAX_OUTBOUND
+        slots * wasi_http_server::state::MAX_OUTBOUND
     };
     let settings = Arc::new(server::Settings {
-        threads: cli.threads,
+        threads: cli.threads(),
         access_log: cli.access_log,
         max_header_size: bytes(cli.max_header_size),
         header_read_timeout: cli.header_read_timeout,
         idle_timeout: cli.idle_timeout,
         write_timeout: cli.write_timeout,
         max_streams_per_connection: cli.max_streams_per_connection,
-        max_connections: fd_limit::max_connections(cli.max_connections, outbound),
+        max_connections: fd_limit::max_connections(max_connections, outbound),
         shutdown_timeout: cli.shutdown_timeout,
     });
     info!("serving {}, a {kind} component", cli.component.display());
@@ -195,20 +217,57 @@ fn run(cli: Cli) -> Result<()> {
     );
     let workers =
         server::spawn(handler, settings.clone()).context("starting the worker threads")?;
-    // The first line on stdout; scripts and tests wait for it. With
-    // --admin-addr a second line gives the admin endpoint's address.
+    // The first line on stdout; scripts and tests wait for it (and so does a
+    // supervisor). With --admin-addr a second line gives the admin
+    // endpoint's address.
     println!("Server running at http://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);
-        runtime.spawn(wasi_http_server::admin::serve(admin));
+        runtime.spawn(admin::serve(admin, admin::own_metrics()));
     }
+    // A serving process also stops when its supervisor is gone.
+    let orphaned = match cli.listen_fd {
+        Some(_) => supervisor::answer_supervisor(),
+        None => Box::pin(std::future::pending()),
+    };
     runtime.block_on(async {
         tokio::select! {
             () = server::accept(listener, &workers, shutdown, &settings) => {}
             () = reloader.run() => {}
+            () = orphaned => info!("the supervisor is gone: shutting down"),
         }
     });
     workers.drain();
+    Ok(())
+}
+
+/// Runs the serving processes of `--processes` until SIGINT or SIGTERM.
+async fn supervise(cli: &Cli) -> Result<()> {
+    let listener =
+        server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
+    let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let admin = match cli.admin_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?,
+        ),
+        None => None,
+    };
+    let addr = listener.local_addr()?;
+    let processes = supervisor::start(
+        listener.into_std()?,
+        usize::from(cli.processes),
+        cli.shutdown_timeout,
+    )
+    .await?;
+    println!("Server running at http://{addr}/");
+    if let Some(admin) = admin {
+        println!("Admin endpoint at http://{}/", admin.local_addr()?);
+        tokio::spawn(admin::serve(admin, processes.summed_metrics()));
+    }
+    processes.run(shutdown, hangup).await;
     Ok(())
 }
 

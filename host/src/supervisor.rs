@@ -1,0 +1,397 @@
+//! `--processes N`: this process supervises N single-threaded serving
+//! processes that share its listening socket.
+//!
+//! Why processes: resetting a large instance's memory (`madvise`) makes the
+//! kernel flush the TLB of every core the process is running on, by
+//! interrupting them; with JS and Python guests that was half the CPU time.
+//! A process with one serving thread runs on one core, so nothing is
+//! interrupted (BENCHMARKS.md, step 14).
+//!
+//! The supervisor compiles the component (so a broken one fails before
+//! listening, and the compile cache has it), binds the socket, and starts
+//! its own binary again with the same command line plus `--listen-fd`, the
+//! socket left open across `exec`. The serving processes all accept from
+//! that one socket; the kernel gives each connection to one of them. Each
+//! one's stderr is the supervisor's, so their log lines go where the
+//! operator looks; stdin and stdout are pipes to the supervisor:
+//! - the first line on stdout is the usual "Server running at ...": ready;
+//! - `metrics N` on stdin is answered with `# reply N` and the metrics text,
+//!   which ends with `# EOF`; the admin endpoint sums them;
+//! - stdin closing means the supervisor is gone (even killed): the serving
+//!   process shuts down gracefully, so none is left serving on its own.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::signal::unix::Signal;
+use tokio::sync::{Mutex, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::admin;
+use crate::metrics::{self, METRICS};
+
+/// Wait before starting a serving process again after one died, so a
+/// process that dies at once (its component file now broken) is retried
+/// once a second instead of in a busy loop.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a serving process may take to send its metrics. It answers from
+/// a thread of its own, at once; a process that does not is stuck.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Beyond `--shutdown-timeout`, how long a serving process may take to exit
+/// after SIGTERM before it is killed: its drain is bounded by the timeout,
+/// so this only covers dropping its instances and flushing its log.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// The listening socket a supervisor left open for this process.
+pub fn inherited_listener(fd: i32) -> std::io::Result<tokio::net::TcpListener> {
+    if fd <= 2 {
+        return Err(std::io::Error::other("standard streams are not sockets"));
+    }
+    // SAFETY: the descriptor was passed to this process (by number, on its
+    // command line) for it to own; nothing else in the process uses it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// In a serving process: answers the supervisor's requests for metrics on a
+/// thread of its own (reading stdin blocks). Resolves when stdin closes,
+/// that is when the supervisor is gone.
+pub fn answer_supervisor() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let (gone, orphaned) = oneshot::channel::<()>();
+    let link = std::thread::Builder::new()
+        .name("supervisor-link".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("metrics ") {
+                    let reply = format!("# reply {id}\n{}", METRICS.encode());
+                    let mut stdout = std::io::stdout().lock();
+                    if stdout.write_all(reply.as_bytes()).is_err() || stdout.flush().is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(gone);
+        });
+    match link {
+        Ok(_) => Box::pin(async move {
+            let _ = orphaned.await;
+        }),
+        Err(err) => {
+            warn!("cannot watch the supervisor: {err}");
+            Box::pin(std::future::pending())
+        }
+    }
+}
+
+/// The serving processes, once each has said it is ready.
+pub struct Processes {
+    links: Arc<[Mutex<Option<Link>>]>,
+    stop: watch::Sender<bool>,
+    hangups: watch::Sender<u64>,
+    keepers: JoinSet<()>,
+}
+
+/// Starts `count` serving processes on `listener` and waits until each is
+/// ready; if one cannot start, stops the others and says why.
+pub async fn start(
+    listener: std::net::TcpListener,
+    count: usize,
+    shutdown_timeout: Duration,
+) -> Result<Processes> {
+    let fd = listener.as_raw_fd();
+    // Left open across exec, for the serving processes. This process starts
+    // no other programs, so no one else inherits it.
+    // SAFETY: F_SETFD on a descriptor this function owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sharing the listening socket");
+    }
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    args.extend(["--listen-fd".into(), fd.to_string().into()]);
+    let launcher = Arc::new(Launcher {
+        exe: std::env::current_exe().context("finding this program's file")?,
+        args,
+        _listener: listener,
+    });
+    let (stop, _) = watch::channel(false);
+    let (hangups, _) = watch::channel(0);
+    let links: Arc<[_]> = (0..count).map(|_| Mutex::new(None)).collect();
+    let mut processes = Processes {
+        links: links.clone(),
+        stop,
+        hangups,
+        keepers: JoinSet::new(),
+    };
+    let mut readiness = Vec::new();
+    for index in 0..count {
+        let (ready, first) = oneshot::channel();
+        readiness.push(first);
+        processes.keepers.spawn(
+            Keeper {
+                index,
+                launcher: launcher.clone(),
+                links: links.clone(),
+                stop: processes.stop.subscribe(),
+                hangups: processes.hangups.subscribe(),
+                shutdown_timeout,
+            }
+            .run(ready),
+        );
+    }
+    for (index, first) in readiness.into_iter().enumerate() {
+        let why = match first.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => why,
+            Err(_) => "its supervising task ended".to_string(),
+        };
+        processes.stop().await;
+        return Err(anyhow!("serving process {index} did not start: {why}"));
+    }
+    info!("{count} serving processes ready");
+    Ok(processes)
+}
+
+impl Processes {
+    /// `/metrics` for the admin endpoint: the sum of every serving
+    /// process's metrics.
+    pub fn summed_metrics(&self) -> admin::Metrics {
+        let links = self.links.clone();
+        Arc::new(move || {
+            let links = links.clone();
+            Box::pin(async move { scrape(&links).await })
+        })
+    }
+
+    /// Passes SIGHUP on until `shutdown` resolves, then stops the serving
+    /// processes (each drains, as on its own SIGTERM) and waits for them.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut hangup: Signal) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = hangup.recv() => {
+                    info!("SIGHUP received: passing it on to the serving processes");
+                    self.hangups.send_modify(|count| *count += 1);
+                }
+            }
+        }
+        info!("shutting down the serving processes");
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        self.stop.send_replace(true);
+        while self.keepers.join_next().await.is_some() {}
+    }
+}
+
+/// How serving processes are started: this program, with this command line.
+struct Launcher {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    /// Kept open so that a serving process started again later inherits it.
+    _listener: std::net::TcpListener,
+}
+
+impl Launcher {
+    /// Starts a serving process and waits for its "Server running" line.
+    async fn launch(&self) -> Result<(Child, Link), String> {
+        let mut child = Command::new(&self.exe)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| format!("cannot run {}: {err}", self.exe.display()))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        match stdout.next_line().await {
+            Ok(Some(line)) if line.starts_with("Server running at ") => Ok((
+                child,
+                Link {
+                    stdin,
+                    stdout,
+                    asked: 0,
+                },
+            )),
+            _ => {
+                let _ = child.start_kill();
+                match child.wait().await {
+                    Ok(status) => Err(format!("it exited ({status}) before it was ready")),
+                    Err(err) => Err(format!("it failed before it was ready: {err}")),
+                }
+            }
+        }
+    }
+}
+
+/// The supervisor's end of a serving process's stdin and stdout.
+struct Link {
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// The number of the last request, so that the rest of a reply that
+    /// came too late is skipped.
+    asked: u64,
+}
+
+impl Link {
+    async fn metrics(&mut self) -> std::io::Result<String> {
+        self.asked += 1;
+        let request = format!("metrics {}\n", self.asked);
+        self.stdin.write_all(request.as_bytes()).await?;
+        self.stdin.flush().await?;
+        let header = format!("# reply {}", self.asked);
+        let mut text = None;
+        while let Some(line) = self.stdout.next_line().await? {
+            match &mut text {
+                None if line == header => text = Some(String::new()),
+                None => {}
+                Some(text) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                    if line == "# EOF" {
+                        return Ok(std::mem::take(text));
+                    }
+                }
+            }
+        }
+        Err(std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// Every serving process's metrics, summed; an error if one cannot answer
+/// (a partial sum would look like counters going backwards).
+async fn scrape(links: &[Mutex<Option<Link>>]) -> Result<String, String> {
+    let mut texts = Vec::with_capacity(links.len());
+    for (index, link) in links.iter().enumerate() {
+        let mut link = link.lock().await;
+        let Some(link) = link.as_mut() else {
+            return Err(format!("serving process {index} is starting"));
+        };
+        match tokio::time::timeout(SCRAPE_TIMEOUT, link.metrics()).await {
+            Ok(Ok(text)) => texts.push(text),
+            Ok(Err(err)) => return Err(format!("serving process {index}: {err}")),
+            Err(_) => {
+                return Err(format!(
+                    "serving process {index} sent no metrics within {SCRAPE_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    Ok(metrics::sum(&texts))
+}
+
+/// Keeps serving process `index` running: starts it, passes SIGHUP on,
+/// starts it again if it dies, and stops it when told to.
+struct Keeper {
+    index: usize,
+    launcher: Arc<Launcher>,
+    links: Arc<[Mutex<Option<Link>>]>,
+    stop: watch::Receiver<bool>,
+    hangups: watch::Receiver<u64>,
+    shutdown_timeout: Duration,
+}
+
+impl Keeper {
+    /// `ready` hears whether the first start worked; after a failed first
+    /// start there is no retry, as the server is not running yet.
+    async fn run(mut self, ready: oneshot::Sender<Result<(), String>>) {
+        let index = self.index;
+        let mut ready = Some(ready);
+        loop {
+            let launched = tokio::select! {
+                launched = self.launcher.launch() => launched,
+                _ = self.stop.changed() => return,
+            };
+            let mut child = match launched {
+                Ok((child, link)) => {
+                    *self.links[index].lock().await = Some(link);
+                    child
+                }
+                Err(why) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(why));
+                        return;
+                    }
+                    error!("serving process {index} did not start again: {why}");
+                    if self.after_delay().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match ready.take() {
+                Some(ready) => {
+                    let _ = ready.send(Ok(()));
+                }
+                None => info!("serving process {index} is serving again"),
+            }
+            let exited = loop {
+                tokio::select! {
+                    exited = child.wait() => break exited,
+                    _ = self.hangups.changed() => signal(&child, libc::SIGHUP),
+                    _ = self.stop.changed() => {
+                        self.terminate(child).await;
+                        self.links[index].lock().await.take();
+                        return;
+                    }
+                }
+            };
+            self.links[index].lock().await.take();
+            // A Ctrl-C in a terminal reaches every process of the group at
+            // once: a serving process may exit before this one is told to
+            // stop. That is not a death to report.
+            if self.after_delay().await.is_err() {
+                return;
+            }
+            match exited {
+                Ok(status) => error!("serving process {index} exited ({status}); starting another"),
+                Err(err) => error!("serving process {index} was lost ({err}); starting another"),
+            }
+        }
+    }
+
+    /// Waits [`RESTART_DELAY`], or fails if told to stop meanwhile.
+    async fn after_delay(&mut self) -> Result<(), ()> {
+        tokio::select! {
+            () = tokio::time::sleep(RESTART_DELAY) => Ok(()),
+            _ = self.stop.changed() => Err(()),
+        }
+    }
+
+    /// SIGTERM, then as long as a serving process's own shutdown may take,
+    /// then SIGKILL.
+    async fn terminate(&self, mut child: Child) {
+        signal(&child, libc::SIGTERM);
+        let deadline = self.shutdown_timeout + EXIT_GRACE;
+        if tokio::time::timeout(deadline, child.wait()).await.is_err() {
+            warn!(
+                "serving process {} still running {deadline:?} after SIGTERM: killing it",
+                self.index
+            );
+            let _ = child.kill().await;
+        }
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+        // SAFETY: kill only sends a signal, to a child not yet waited for.
+        unsafe { libc::kill(pid, signal) };
+    }
+}

@@ -1,0 +1,276 @@
+//! `--processes`: a supervisor and single-threaded serving processes that
+//! share one listening socket. Which process accepts a connection is the
+//! kernel's choice, so to know that each one serves, the tests stop all but
+//! one (SIGSTOP) while they send requests.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit};
+use hyper::StatusCode;
+
+/// The serving processes of `server`: its children with `--listen-fd`.
+fn serving_processes(server: &Server) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent's pid is the second field after the command's ")".
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent == Some(server.pid())
+            && cmdline.split(|&b| b == 0).any(|arg| arg == b"--listen-fd")
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// `requests` requests to `/`, each on a new connection, with only `pid`
+/// of `processes` running; returns the answers.
+async fn only_one_serving(
+    server: &Server,
+    processes: &[u32],
+    pid: u32,
+    requests: usize,
+) -> Vec<(StatusCode, String)> {
+    let others: Vec<u32> = processes.iter().copied().filter(|&p| p != pid).collect();
+    for &other in &others {
+        kill("STOP", other);
+    }
+    let mut answers = Vec::new();
+    for _ in 0..requests {
+        let reply = get(server.addr, "/").await;
+        answers.push((reply.status, reply.text().to_string()));
+    }
+    for &other in &others {
+        kill("CONT", other);
+    }
+    answers
+}
+
+fn requests_2xx(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("wasi_http_server_requests_total{class=\"2xx\"} "))
+        .unwrap_or_else(|| panic!("no 2xx count in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// Two serving processes each answer from the one socket, and the admin
+/// endpoint's count is the sum of both.
+#[tokio::test]
+async fn each_process_serves_and_metrics_add_up() {
+    let server = Server::start(
+        "hello",
+        &["--processes", "2", "--admin-addr", "127.0.0.1:0"],
+    );
+    let processes = serving_processes(&server);
+    assert_eq!(processes.len(), 2, "log:\n{}", server.log());
+    for (i, &pid) in processes.iter().enumerate() {
+        let answers = only_one_serving(&server, &processes, pid, 10 + i).await;
+        assert!(
+            answers
+                .iter()
+                .all(|(status, text)| *status == StatusCode::OK && text == "Hello World\n"),
+            "{answers:?}"
+        );
+    }
+    let metrics = get(server.admin.unwrap(), "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
+    assert_eq!(requests_2xx(metrics.text()), 10 + 11, "{}", metrics.text());
+    assert!(metrics.text().ends_with("# EOF\n"));
+}
+
+/// A serving process that dies is replaced; the others answer meanwhile.
+#[tokio::test]
+async fn a_dead_serving_process_is_replaced() {
+    let server = Server::start("hello", &["--processes", "2"]);
+    let before = serving_processes(&server);
+    assert_eq!(before.len(), 2);
+    kill("KILL", before[0]);
+    for _ in 0..20 {
+        assert_hello(&get(server.addr, "/").await);
+    }
+    server
+        .wait_for_log("exited (signal: 9 (SIGKILL)); starting another")
+        .await;
+    server.wait_for_log("is serving again").await;
+    let after = serving_processes(&server);
+    assert_eq!(after.len(), 2, "log:\n{}", server.log());
+    assert!(after.contains(&before[1]) && !after.contains(&before[0]));
+    let replacement = after.iter().copied().find(|&pid| pid != before[1]).unwrap();
+    let answers = only_one_serving(&server, &after, replacement, 5).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{answers:?}"
+    );
+}
+
+/// SIGTERM to the supervisor: in-flight requests finish, then every process
+/// exits, the supervisor with 0.
+#[tokio::test]
+async fn sigterm_drains_every_process() {
+    let mut server = Server::start("testbed", &["--processes", "2"]);
+    let processes = serving_processes(&server);
+    let mut conn = Conn::http1(server.addr).await;
+    let in_flight = tokio::spawn(async move { conn.send("GET", "/sleep?ms=1500", "").await });
+    server.wait_for_log("sleep: start 1500 ms").await;
+    server.terminate();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::OK, "slept 1500 ms\n")
+    );
+    let status = server.wait();
+    assert!(status.success(), "{status:?}; log:\n{}", server.log());
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while processes.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "serving processes outlived the supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !server.log().contains("starting another"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A supervisor killed outright leaves no serving process behind: they see
+/// their stdin close and shut down, and the port stops answering.
+#[tokio::test]
+async fn no_serving_process_outlives_a_killed_supervisor() {
+    let server = Server::start("hello", &["--processes", "2"]);
+    let processes = serving_processes(&server);
+    assert_eq!(processes.len(), 2);
+    kill("KILL", server.pid());
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while processes.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "serving processes outlived the supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}
+
+/// SIGHUP to the supervisor reloads every serving process.
+#[tokio::test]
+async fn sighup_reloads_every_process() {
+    let dir = std::env::temp_dir().join(format!("e2e-processes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.wasm");
+    std::fs::copy(component("hello"), &path).unwrap();
+    let server = Server::start_path(&path, &["--processes", "2"], &[]);
+    let processes = serving_processes(&server);
+    let next = path.with_extension("next");
+    std::fs::copy(component("testbed"), &next).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    server.hangup();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while server.log().matches("reloaded ").count() < 2 {
+        assert!(Instant::now() < deadline, "log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &pid in &processes {
+        let answers = only_one_serving(&server, &processes, pid, 3).await;
+        assert!(
+            answers
+                .iter()
+                .all(|(status, text)| *status == StatusCode::OK && text == "testbed\n"),
+            "{answers:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A broken component fails in the supervisor, before listening and before
+/// any serving process starts: one error line, as without `--processes`.
+#[test]
+fn a_broken_component_fails_before_any_process_starts() {
+    let dir = std::env::temp_dir().join(format!("e2e-processes-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("broken.wasm");
+    std::fs::write(&path, b"\0asm not really").unwrap();
+    let failed = run_to_exit(&[
+        path.to_str().unwrap(),
+        "--processes",
+        "2",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!failed.status.success());
+    assert!(failed.stdout.is_empty(), "{}", failed.stdout);
+    assert_eq!(
+        failed.stderr.matches("error:").count(),
+        1,
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains("serving process"),
+        "{}",
+        failed.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whole-server limits are split between the processes; one too small to
+/// split is refused at startup, naming the flag.
+#[test]
+fn a_limit_too_small_to_split_is_refused() {
+    let hello = component("hello");
+    let failed = run_to_exit(&[
+        hello.to_str().unwrap(),
+        "--processes",
+        "2",
+        "--max-concurrent-requests",
+        "1",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!failed.status.success());
+    assert!(
+        failed.stderr.contains(
+            "error: --max-concurrent-requests (1) is for the whole server and must be at least --processes (2)"
+        ),
+        "{}",
+        failed.stderr
+    );
+}
