@@ -92,3 +92,36 @@ async fn a_guest_error_is_a_500() {
         assert_hello(&get(server.addr, "/").await);
     }
 }
+
+/// With `--processes`, an interpreter's memory is reset by restoring only
+/// the pages a request wrote (`pool.rs`). Every request must still start
+/// from the pristine image: bodies of different sizes and contents echoed
+/// in turn, each between hello answers and guest errors, come back exact.
+#[tokio::test]
+async fn single_threaded_processes_start_every_request_afresh() {
+    for guest in GUESTS {
+        println!("with {guest}");
+        let server = Server::start(guest, &["--processes", "2"]);
+        let mut conn = Conn::http1(server.addr).await;
+        for round in 0..20u32 {
+            let body: Bytes = (0..(round + 1) * 5_000)
+                .map(|i| (i * (round + 3) + round) as u8)
+                .collect();
+            let request = Request::post("/echo")
+                .header("host", "test.local")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let reply = conn.try_exchange(request).await.expect("echo");
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(
+                reply.body == body,
+                "{guest}, round {round}: the echo differs"
+            );
+            assert_eq!(
+                conn.send("GET", "/error", "").await.status,
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+            assert_hello(&conn.send("GET", "/", "").await);
+        }
+    }
+}

@@ -1,14 +1,15 @@
 //! `--processes`: a supervisor and single-threaded serving processes that
-//! share one listening socket. Which process accepts a connection is the
-//! kernel's choice, so to know that each one serves, the tests stop all but
-//! one (SIGSTOP) while they send requests.
+//! listen on one address. Which process gets a connection is the kernel's
+//! choice, so to know that each one serves, the tests hold many connections
+//! open and count each process's sockets.
 
 use std::time::{Duration, Instant};
 
 use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit};
 use hyper::StatusCode;
 
-/// The serving processes of `server`: its children with `--listen-fd`.
+/// The serving processes of `server`: its children with
+/// `--serving-process-on`.
 fn serving_processes(server: &Server) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -29,7 +30,9 @@ fn serving_processes(server: &Server) -> Vec<u32> {
             .and_then(|ppid| ppid.parse::<u32>().ok());
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if parent == Some(server.pid())
-            && cmdline.split(|&b| b == 0).any(|arg| arg == b"--listen-fd")
+            && cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"--serving-process-on")
         {
             pids.push(pid);
         }
@@ -57,27 +60,44 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// `requests` requests to `/`, each on a new connection, with only `pid`
-/// of `processes` running; returns the answers.
-async fn only_one_serving(
-    server: &Server,
-    processes: &[u32],
-    pid: u32,
-    requests: usize,
-) -> Vec<(StatusCode, String)> {
-    let others: Vec<u32> = processes.iter().copied().filter(|&p| p != pid).collect();
-    for &other in &others {
-        kill("STOP", other);
-    }
+/// Sockets `pid` has open.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Keep-alive connections [`spread`] opens: the kernel spreads connections
+/// by a hash of the client's port, so with 40 every process gets some (all
+/// to one of two: a chance of 2^-39).
+const CLIENTS: usize = 40;
+
+/// Opens [`CLIENTS`] connections and sends `/` on each, holding them all
+/// open; returns the answers and how many more sockets each of `processes`
+/// held then.
+async fn spread(server: &Server, processes: &[u32]) -> (Vec<(StatusCode, String)>, Vec<usize>) {
+    let before: Vec<usize> = processes.iter().map(|&pid| sockets(pid)).collect();
+    let mut conns = Vec::new();
     let mut answers = Vec::new();
-    for _ in 0..requests {
-        let reply = get(server.addr, "/").await;
+    for _ in 0..CLIENTS {
+        let mut conn = Conn::http1(server.addr).await;
+        let reply = conn.send("GET", "/", "").await;
         answers.push((reply.status, reply.text().to_string()));
+        conns.push(conn);
     }
-    for &other in &others {
-        kill("CONT", other);
-    }
-    answers
+    let held = processes
+        .iter()
+        .zip(before)
+        .map(|(&pid, before)| sockets(pid).saturating_sub(before))
+        .collect();
+    (answers, held)
 }
 
 fn requests_2xx(metrics: &str) -> u64 {
@@ -89,8 +109,8 @@ fn requests_2xx(metrics: &str) -> u64 {
         .unwrap()
 }
 
-/// Two serving processes each answer from the one socket, and the admin
-/// endpoint's count is the sum of both.
+/// Two serving processes each take connections on the one address, and
+/// the admin endpoint's count is the sum of both.
 #[tokio::test]
 async fn each_process_serves_and_metrics_add_up() {
     let server = Server::start(
@@ -99,43 +119,56 @@ async fn each_process_serves_and_metrics_add_up() {
     );
     let processes = serving_processes(&server);
     assert_eq!(processes.len(), 2, "log:\n{}", server.log());
-    for (i, &pid) in processes.iter().enumerate() {
-        let answers = only_one_serving(&server, &processes, pid, 10 + i).await;
-        assert!(
-            answers
-                .iter()
-                .all(|(status, text)| *status == StatusCode::OK && text == "Hello World\n"),
-            "{answers:?}"
-        );
-    }
+    let (answers, held) = spread(&server, &processes).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, text)| *status == StatusCode::OK && text == "Hello World\n"),
+        "{answers:?}"
+    );
+    assert!(
+        held.iter().all(|&held| held > 0),
+        "connections per process: {held:?}"
+    );
     let metrics = get(server.admin.unwrap(), "/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
-    assert_eq!(requests_2xx(metrics.text()), 10 + 11, "{}", metrics.text());
+    assert_eq!(
+        requests_2xx(metrics.text()),
+        CLIENTS as u64,
+        "{}",
+        metrics.text()
+    );
     assert!(metrics.text().ends_with("# EOF\n"));
 }
 
-/// A serving process that dies is replaced; the others answer meanwhile.
+/// A serving process that dies is replaced; the other answers meanwhile,
+/// and then both do.
 #[tokio::test]
 async fn a_dead_serving_process_is_replaced() {
     let server = Server::start("hello", &["--processes", "2"]);
     let before = serving_processes(&server);
     assert_eq!(before.len(), 2);
     kill("KILL", before[0]);
-    for _ in 0..20 {
-        assert_hello(&get(server.addr, "/").await);
-    }
+    // Connections the kernel had queued for the killed process are lost
+    // with it; once the supervisor has seen it die, its socket is gone.
     server
         .wait_for_log("exited (signal: 9 (SIGKILL)); starting another")
         .await;
+    for _ in 0..20 {
+        assert_hello(&get(server.addr, "/").await);
+    }
     server.wait_for_log("is serving again").await;
     let after = serving_processes(&server);
     assert_eq!(after.len(), 2, "log:\n{}", server.log());
     assert!(after.contains(&before[1]) && !after.contains(&before[0]));
-    let replacement = after.iter().copied().find(|&pid| pid != before[1]).unwrap();
-    let answers = only_one_serving(&server, &after, replacement, 5).await;
+    let (answers, held) = spread(&server, &after).await;
     assert!(
         answers.iter().all(|(status, _)| *status == StatusCode::OK),
         "{answers:?}"
+    );
+    assert!(
+        held.iter().all(|&held| held > 0),
+        "connections per process: {held:?}"
     );
 }
 
@@ -208,15 +241,17 @@ async fn sighup_reloads_every_process() {
         assert!(Instant::now() < deadline, "log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for &pid in &processes {
-        let answers = only_one_serving(&server, &processes, pid, 3).await;
-        assert!(
-            answers
-                .iter()
-                .all(|(status, text)| *status == StatusCode::OK && text == "testbed\n"),
-            "{answers:?}"
-        );
-    }
+    let (answers, held) = spread(&server, &processes).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, text)| *status == StatusCode::OK && text == "testbed\n"),
+        "{answers:?}"
+    );
+    assert!(
+        held.iter().all(|&held| held > 0),
+        "connections per process: {held:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -44,9 +44,9 @@ pub struct Cli {
     pub processes: u16,
 
     /// Given by a supervisor (`--processes`) to the processes it starts: the
-    /// descriptor of the listening socket they share.
-    #[arg(long, hide = true)]
-    pub listen_fd: Option<i32>,
+    /// address it holds, which they listen on together (`SO_REUSEPORT`).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub serving_process_on: Option<SocketAddr>,
 
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object per line) for log collectors. Filter with `RUST_LOG`

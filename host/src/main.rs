@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
     let pool = Pool {
         slots,
         max_memory: bytes(cli.max_memory),
+        serving_threads: cli.threads(),
     };
     let source = Source {
         path: cli.component.clone(),
@@ -157,27 +158,24 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
-    if cli.processes > 1 && cli.listen_fd.is_none() {
+    if cli.processes > 1 && cli.serving_process_on.is_none() {
         // The component compiled and instantiated here, so a broken one
         // fails before listening, and it is in the compile cache for the
         // serving processes. This process serves nothing itself.
         drop((handler, engines, stores, store_io));
+        release_free_memory();
         return runtime.block_on(supervise(&cli));
     }
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
-        let listener = match cli.listen_fd {
-            Some(fd) => supervisor::inherited_listener(fd)
-                .with_context(|| format!("cannot serve on descriptor {fd} (--listen-fd)"))?,
-            None => {
-                server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?
-            }
-        };
+        let addr = cli.serving_process_on.unwrap_or(cli.addr);
+        let listener = server::bind(addr, cli.serving_process_on.is_some())
+            .with_context(|| format!("cannot listen on {addr}"))?;
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         let reloader = Reloader::new(engines, handler.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
-        let admin = match cli.admin_addr.filter(|_| cli.listen_fd.is_none()) {
+        let admin = match cli.admin_addr.filter(|_| cli.serving_process_on.is_none()) {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -215,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         bytesize::ByteSize(host.bound() as u64),
         cli.max_memory
     );
+    release_free_memory();
     let workers =
         server::spawn(handler, settings.clone()).context("starting the worker threads")?;
     // The first line on stdout; scripts and tests wait for it (and so does a
@@ -226,7 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         runtime.spawn(admin::serve(admin, admin::own_metrics()));
     }
     // A serving process also stops when its supervisor is gone.
-    let orphaned = match cli.listen_fd {
+    let orphaned = match cli.serving_process_on {
         Some(_) => supervisor::answer_supervisor(),
         None => Box::pin(std::future::pending()),
     };
@@ -241,10 +240,20 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Gives memory the allocator holds free back to the kernel. Loading a
+/// component reads and parses it whole (the JS guest: 12 MiB, plus its
+/// instantiation check), and mimalloc keeps what was freed for reuse; the
+/// server never needs that much again, and with `--processes` every process
+/// would hold it (24 MiB each for the JS guest, BENCHMARKS.md step 14).
+fn release_free_memory() {
+    // SAFETY: mi_collect only frees what mimalloc itself holds unused.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Runs the serving processes of `--processes` until SIGINT or SIGTERM.
 async fn supervise(cli: &Cli) -> Result<()> {
-    let listener =
-        server::bind(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
+    let port =
+        server::reserve(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
     let shutdown = shutdown_signal().context("installing signal handlers")?;
     let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let admin = match cli.admin_addr {
@@ -255,13 +264,9 @@ async fn supervise(cli: &Cli) -> Result<()> {
         ),
         None => None,
     };
-    let addr = listener.local_addr()?;
-    let processes = supervisor::start(
-        listener.into_std()?,
-        usize::from(cli.processes),
-        cli.shutdown_timeout,
-    )
-    .await?;
+    let addr = port.local_addr()?;
+    let processes =
+        supervisor::start(port, usize::from(cli.processes), cli.shutdown_timeout).await?;
     println!("Server running at http://{addr}/");
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);

@@ -46,8 +46,25 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// overflowed one waits a second for its SYN to be retried.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` with [`LISTEN_BACKLOG`].
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Listens on `addr` with [`LISTEN_BACKLOG`]; with `shared`, on the port a
+/// supervisor holds (see [`reserve`]).
+pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    socket(addr, shared)?.listen(LISTEN_BACKLOG)
+}
+
+/// Binds `addr` without listening, for serving processes to listen on
+/// together (`--processes`): each listens with `SO_REUSEPORT`, and the kernel
+/// spreads new connections evenly between them by a hash of the client's
+/// address. (With one socket shared by all, whichever process woke first
+/// accepted a whole burst of connections and the other core idled.) Only
+/// listening sockets are given connections, so this one never is; it keeps
+/// the port while a serving process restarts, and the kernel lets only
+/// processes of the same user join it.
+pub fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    socket(addr, true)
+}
+
+fn socket(addr: SocketAddr, shared: bool) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -56,8 +73,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // As std and tokio do on Unix: a restart can bind while old connections
     // linger in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(shared)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    Ok(socket)
 }
 
 /// An accepted connection on its way to a worker, with its connection slot.

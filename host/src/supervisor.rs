@@ -8,12 +8,13 @@
 //! interrupted (BENCHMARKS.md, step 14).
 //!
 //! The supervisor compiles the component (so a broken one fails before
-//! listening, and the compile cache has it), binds the socket, and starts
-//! its own binary again with the same command line plus `--listen-fd`, the
-//! socket left open across `exec`. The serving processes all accept from
-//! that one socket; the kernel gives each connection to one of them. Each
-//! one's stderr is the supervisor's, so their log lines go where the
-//! operator looks; stdin and stdout are pipes to the supervisor:
+//! listening, and the compile cache has it), binds the address (without
+//! listening: `server::reserve`), and starts its own binary again with the
+//! same command line plus `--serving-process-on ADDR`. The serving processes
+//! each listen on that address with `SO_REUSEPORT`, and the kernel spreads
+//! connections between them. Each one's stderr is the supervisor's, so
+//! their log lines go where the operator looks; stdin and stdout are pipes
+//! to the supervisor:
 //! - the first line on stdout is the usual "Server running at ...": ready;
 //! - `metrics N` on stdin is answered with `# reply N` and the metrics text,
 //!   which ends with `# EOF`; the admin endpoint sums them;
@@ -23,7 +24,6 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::{BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpSocket;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::signal::unix::Signal;
 use tokio::sync::{Mutex, oneshot, watch};
@@ -54,19 +55,6 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// after SIGTERM before it is killed: its drain is bounded by the timeout,
 /// so this only covers dropping its instances and flushing its log.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
-
-/// The listening socket a supervisor left open for this process.
-pub fn inherited_listener(fd: i32) -> std::io::Result<tokio::net::TcpListener> {
-    if fd <= 2 {
-        return Err(std::io::Error::other("standard streams are not sockets"));
-    }
-    // SAFETY: the descriptor was passed to this process (by number, on its
-    // command line) for it to own; nothing else in the process uses it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    listener.local_addr()?;
-    listener.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(listener)
-}
 
 /// In a serving process: answers the supervisor's requests for metrics on a
 /// thread of its own (reading stdin blocks). Resolves when stdin closes,
@@ -107,26 +95,18 @@ pub struct Processes {
     keepers: JoinSet<()>,
 }
 
-/// Starts `count` serving processes on `listener` and waits until each is
-/// ready; if one cannot start, stops the others and says why.
-pub async fn start(
-    listener: std::net::TcpListener,
-    count: usize,
-    shutdown_timeout: Duration,
-) -> Result<Processes> {
-    let fd = listener.as_raw_fd();
-    // Left open across exec, for the serving processes. This process starts
-    // no other programs, so no one else inherits it.
-    // SAFETY: F_SETFD on a descriptor this function owns.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("sharing the listening socket");
-    }
+/// Starts `count` serving processes on the address `port` holds and waits
+/// until each is ready; if one cannot start, stops the others and says why.
+pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    args.extend(["--listen-fd".into(), fd.to_string().into()]);
+    args.extend([
+        "--serving-process-on".into(),
+        port.local_addr()?.to_string().into(),
+    ]);
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().context("finding this program's file")?,
         args,
-        _listener: listener,
+        _port: port,
     });
     let (stop, _) = watch::channel(false);
     let (hangups, _) = watch::channel(0);
@@ -204,8 +184,9 @@ impl Processes {
 struct Launcher {
     exe: PathBuf,
     args: Vec<OsString>,
-    /// Kept open so that a serving process started again later inherits it.
-    _listener: std::net::TcpListener,
+    /// Held so that the port stays this server's while a serving process
+    /// restarts.
+    _port: TcpSocket,
 }
 
 impl Launcher {

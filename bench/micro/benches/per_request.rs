@@ -25,6 +25,7 @@ fn per_request(c: &mut Criterion) {
     let engines = component::Engines::new(Pool {
         slots: 128,
         max_memory: 128 << 20,
+        serving_threads: 2,
     });
     let pre = component::load(&engines, hello.as_ref(), None).expect("run `make components` first");
     let limits = Limits {
