@@ -9,7 +9,8 @@ four components (when target/bench-tools has it). Runs the same wrk load
 against each, in interleaved rounds so that drift on the machine hits all
 alike, and reads each server's CPU time around each run (CPU per request).
 Then measures cold start (process start to first 200, compile caches warm),
-idle RSS, RSS under 1,000 concurrent connections and RSS after the load.
+memory (PSS of all its processes) idle, under 1,000 concurrent connections
+and after the load.
 Prints a Markdown report and writes it into BENCHMARKS.md between the
 `bench:start` and `bench:end` markers.
 
@@ -54,10 +55,11 @@ def answers_200(url):
 class Server:
     """One server under test: how to start it on a given port."""
 
-    def __init__(self, name, argv, env=None, ours=None):
+    def __init__(self, name, argv, env=None, ours=None, ours_processes=None):
         self.name, self.argv, self.env = name, argv, env or {}
-        # The row of ours this one is compared with: the same component.
-        self.ours = ours
+        # The rows of ours this one is compared with: the same component,
+        # served by one process and with --processes.
+        self.ours, self.ours_processes = ours, ours_processes
         self.process = None
 
     def command(self, port):
@@ -101,14 +103,17 @@ class Server:
                     pass
         return pids
 
-    def rss_mib(self):
-        """Resident memory of the server's processes, summed (pages they
-        share, such as the mapped compiled code, count once per process)."""
+    def memory_mib(self):
+        """Memory of the server's processes: their proportional set sizes
+        (PSS), summed. A page shared by several processes, such as the mapped
+        compiled code, counts once in all, split between them; RSS would
+        count it once per process. For a single process PSS is its RSS less
+        its share of the shared libraries."""
         total = 0
         for pid in self.processes():
-            with open(f"/proc/{pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1])
         return total / 1024
 
@@ -157,15 +162,15 @@ def wrk(url, connections, seconds, server=None):
 
 
 def rss_under_load(server, connections, seconds):
-    """Peak RSS while wrk holds `connections` connections open."""
+    """Peak memory while wrk holds `connections` connections open."""
     load = subprocess.Popen(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", server.url],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    peak = server.rss_mib()
+    peak = server.memory_mib()
     while load.poll() is None:
-        peak = max(peak, server.rss_mib())
+        peak = max(peak, server.memory_mib())
         time.sleep(0.1)
     return peak
 
@@ -190,17 +195,32 @@ def main():
 
     notes = []
     ours_bin = os.path.join(ROOT, "target/release/wasi-http-server")
+    # Ours as it starts by default (one process, a thread per core), and with
+    # one single-threaded process per core.
+    processes = ["--processes", str(os.cpu_count())]
     ours = Server("ours (wasi-http-server)", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"])
     ours_p3 = Server("ours, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}"])
     ours_js = Server("ours, JS hello (componentize-js)", [ours_bin, JS_GUEST, "--addr", "127.0.0.1:{port}"])
     ours_py = Server("ours, Python hello (componentize-py)", [ours_bin, PYTHON_GUEST, "--addr", "127.0.0.1:{port}"])
-    node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours)
+    multi = f"ours --processes {os.cpu_count()}"
+    ours_n = Server(f"{multi}, hello", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}", *processes])
+    ours_p3_n = Server(f"{multi}, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}", *processes])
+    ours_js_n = Server(f"{multi}, JS hello", [ours_bin, JS_GUEST, "--addr", "127.0.0.1:{port}", *processes])
+    ours_py_n = Server(f"{multi}, Python hello", [ours_bin, PYTHON_GUEST, "--addr", "127.0.0.1:{port}", *processes])
+    # Each row of ours is compared with its twin, too.
+    for one, many in [(ours, ours_n), (ours_p3, ours_p3_n), (ours_js, ours_js_n), (ours_py, ours_py_n)]:
+        one.ours_processes, many.ours = many, one
+    node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours, ours_processes=ours_n)
     servers = [
         ours,
         ours_p3,
         ours_js,
         ours_py,
-        Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours),
+        ours_n,
+        ours_p3_n,
+        ours_js_n,
+        ours_py_n,
+        Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n),
         node,
     ]
     if os.access(WASMTIME, os.X_OK):
@@ -208,10 +228,10 @@ def main():
         # world (as our server links it all). `-C cache=y`: a warm compile
         # cache, as ours has, so cold starts compare like for like.
         serve = [WASMTIME, "serve", "-O", "pooling-allocator=y", "-S", "cli", "-C", "cache=y", "--addr", "127.0.0.1:{port}"]
-        servers.append(Server("wasmtime serve (48, pooling)", serve + [HELLO], ours=ours))
-        servers.append(Server("wasmtime serve, WASI 0.3 hello", serve + [HELLO_P3], ours=ours_p3))
-        servers.append(Server("wasmtime serve, JS hello", serve + [JS_GUEST], ours=ours_js))
-        servers.append(Server("wasmtime serve, Python hello", serve + [PYTHON_GUEST], ours=ours_py))
+        servers.append(Server("wasmtime serve (48, pooling)", serve + [HELLO], ours=ours, ours_processes=ours_n))
+        servers.append(Server("wasmtime serve, WASI 0.3 hello", serve + [HELLO_P3], ours=ours_p3, ours_processes=ours_p3_n))
+        servers.append(Server("wasmtime serve, JS hello", serve + [JS_GUEST], ours=ours_js, ours_processes=ours_js_n))
+        servers.append(Server("wasmtime serve, Python hello", serve + [PYTHON_GUEST], ours=ours_py, ours_processes=ours_py_n))
     else:
         notes.append("`wasmtime serve` skipped: `cargo install wasmtime-cli` into target/bench-tools failed.")
 
@@ -230,7 +250,7 @@ def main():
 
     for server in servers:
         server.start()
-    idle = {s.name: s.rss_mib() for s in servers}
+    idle = {s.name: s.memory_mib() for s in servers}
     for server in servers:
         wrk(server.url, args.connections, 2)  # warm-up
 
@@ -242,7 +262,7 @@ def main():
             results[server.name].append(wrk(server.url, args.connections, args.seconds, server))
             print(f"round {round_ + 1}: {server.name}: {results[server.name][-1][0]:,.0f} req/s", file=sys.stderr)
 
-    after = {s.name: s.rss_mib() for s in servers}
+    after = {s.name: s.memory_mib() for s in servers}
     loaded = {s.name: rss_under_load(s, 1000, 5) for s in servers}
     for server in servers:
         server.stop()
@@ -255,27 +275,32 @@ def main():
         f"wrk 1 thread, {args.connections} keep-alive connections, {args.rounds} interleaved rounds of {args.seconds} s;"
         " medians shown. Cold start: process start to first 200, median of 5.",
         "",
-        "Ours ÷ it compares each server with ours serving the same component (the WASI 0.2 hello for hyper and Node).",
+        "Ours ÷ it compares each server with ours serving the same component (the WASI 0.2 hello for hyper and Node),"
+        f" as it starts by default and with `--processes {os.cpu_count()}` (one single-threaded process per core).",
         "",
-        "CPU: the server's user + system time over each run ÷ its requests. RSS after load: after the rounds.",
+        "CPU: the server's user + system time over each run ÷ its requests (all its processes).",
+        "Memory: PSS summed over the server's processes (pages they share count once); after load: after the rounds.",
         "",
-        "| server | req/s | ours ÷ it | p50 ms | p99 ms | CPU us/req | cold start ms | idle RSS MiB | RSS after load MiB | RSS, 1,000 conns MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| server | req/s | ours ÷ it | --processes {os.cpu_count()} ÷ it | p50 ms | p99 ms | CPU us/req | cold start ms "
+        "| idle MiB | after load MiB | 1,000 conns MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server in servers:
         name = server.name
         rps = median(name, 0)
         ours_rps = median((server.ours or server).name, 0)
+        ours_n_rps = median((server.ours_processes or server).name, 0)
         problems = "; ".join(sorted({r[3] for r in results[name] if r[3]}))
         lines.append(
-            f"| {name} | {rps:,.0f} | {ours_rps / rps:.2f} | {median(name, 1):.2f} | {median(name, 2):.2f} "
+            f"| {name} | {rps:,.0f} | {ours_rps / rps:.2f} | {ours_n_rps / rps:.2f} | {median(name, 1):.2f} | {median(name, 2):.2f} "
             f"| {median(name, 4):.1f} | {cold[name]:.1f} | {idle[name]:.1f} | {after[name]:.1f} | {loaded[name]:.1f} |"
             + (f" errors: {problems}" if problems else "")
         )
     # The JS guest is the seed's program, compiled to a component.
     notes.append(
         f"ours serving the JS hello ÷ the Node.js seed (the same program): "
-        f"{median(ours_js.name, 0) / median(node.name, 0):.2f} in req/s."
+        f"{median(ours_js.name, 0) / median(node.name, 0):.2f} in req/s, "
+        f"{median(ours_js_n.name, 0) / median(node.name, 0):.2f} with --processes {os.cpu_count()}."
     )
     lines += [f"", *(f"Note: {note}" for note in notes)]
     report = "\n".join(lines).rstrip() + "\n"
