@@ -119,6 +119,14 @@ async fn each_process_serves_and_metrics_add_up() {
     );
     let processes = serving_processes(&server);
     assert_eq!(processes.len(), 2, "log:\n{}", server.log());
+    // What is served and with what limits is said once, by the supervisor.
+    server.wait_for_log("each instance may hold").await;
+    assert_eq!(
+        server.log().matches("each instance may hold").count(),
+        1,
+        "{}",
+        server.log()
+    );
     let (answers, held) = spread(&server, &processes).await;
     assert!(
         answers

@@ -158,13 +158,35 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
+    // What the server serves and with what, said once per server: by the
+    // supervisor, not again by each of its serving processes.
+    let mut summary = vec![format!(
+        "serving {}, a {kind} component",
+        cli.component.display()
+    )];
+    summary.extend(
+        stores
+            .describe()
+            .into_iter()
+            .map(|store| format!("key-value store {store}")),
+    );
+    summary.push(format!(
+        "each instance may hold {} resources in the host, {} at most \
+         (--max-guest-host-memory), beside {} of linear memory (--max-memory)",
+        host.resources,
+        bytesize::ByteSize(host.bound() as u64),
+        cli.max_memory
+    ));
+    if cli.serving_process_on.is_some() {
+        summary.clear();
+    }
     if cli.processes > 1 && cli.serving_process_on.is_none() {
         // The component compiled and instantiated here, so a broken one
         // fails before listening, and it is in the compile cache for the
         // serving processes. This process serves nothing itself.
         drop((handler, engines, stores, store_io));
         release_free_memory();
-        return runtime.block_on(supervise(&cli));
+        return runtime.block_on(supervise(&cli, &summary));
     }
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let addr = cli.serving_process_on.unwrap_or(cli.addr);
@@ -202,17 +224,9 @@ fn run(cli: Cli) -> Result<()> {
         max_connections: fd_limit::max_connections(max_connections, outbound),
         shutdown_timeout: cli.shutdown_timeout,
     });
-    info!("serving {}, a {kind} component", cli.component.display());
-    for store in stores.describe() {
-        info!("key-value store {store}");
+    for line in &summary {
+        info!("{line}");
     }
-    info!(
-        "each instance may hold {} resources in the host, {} at most \
-         (--max-guest-host-memory), beside {} of linear memory (--max-memory)",
-        host.resources,
-        bytesize::ByteSize(host.bound() as u64),
-        cli.max_memory
-    );
     release_free_memory();
     let workers =
         server::spawn(handler, settings.clone()).context("starting the worker threads")?;
@@ -251,7 +265,7 @@ fn release_free_memory() {
 }
 
 /// Runs the serving processes of `--processes` until SIGINT or SIGTERM.
-async fn supervise(cli: &Cli) -> Result<()> {
+async fn supervise(cli: &Cli, summary: &[String]) -> Result<()> {
     let port =
         server::reserve(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
     let shutdown = shutdown_signal().context("installing signal handlers")?;
@@ -267,6 +281,9 @@ async fn supervise(cli: &Cli) -> Result<()> {
     let addr = port.local_addr()?;
     let processes =
         supervisor::start(port, usize::from(cli.processes), cli.shutdown_timeout).await?;
+    for line in summary {
+        info!("{line}");
+    }
     println!("Server running at http://{addr}/");
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);
