@@ -21,7 +21,7 @@ fn entry(dir: &Path) -> PathBuf {
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(files[0].extension().unwrap(), "cwasm", "{files:?}");
-    assert_eq!(files[1], files[0].with_extension("sha256"), "{files:?}");
+    assert_eq!(files[1], files[0].with_extension("xxh3"), "{files:?}");
     files.swap_remove(0)
 }
 
