@@ -28,6 +28,15 @@ async fn hello_from_every_toolchain() {
     }
 }
 
+/// `POST /echo` with `body`.
+async fn echo(conn: &mut Conn, body: &Bytes) -> e2e::Reply {
+    let request = Request::post("/echo")
+        .header("host", "test.local")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    conn.try_exchange(request).await.expect("echo")
+}
+
 /// A 1 MiB body of every byte value comes back unchanged, over HTTP/1.1 and
 /// HTTP/2.
 #[tokio::test]
@@ -40,11 +49,7 @@ async fn a_mebibyte_is_echoed_byte_for_byte() {
             Conn::http1(server.addr).await,
             Conn::http2(server.addr).await,
         ] {
-            let request = Request::post("/echo")
-                .header("host", "test.local")
-                .body(Full::new(body.clone()))
-                .unwrap();
-            let reply = conn.try_exchange(request).await.expect("echo");
+            let reply = echo(&mut conn, &body).await;
             assert_eq!(reply.status, StatusCode::OK);
             assert_eq!(reply.body.len(), body.len());
             assert!(
@@ -107,11 +112,7 @@ async fn single_threaded_processes_start_every_request_afresh() {
             let body: Bytes = (0..(round + 1) * 5_000)
                 .map(|i| (i * (round + 3) + round) as u8)
                 .collect();
-            let request = Request::post("/echo")
-                .header("host", "test.local")
-                .body(Full::new(body.clone()))
-                .unwrap();
-            let reply = conn.try_exchange(request).await.expect("echo");
+            let reply = echo(&mut conn, &body).await;
             assert_eq!(reply.status, StatusCode::OK);
             assert!(
                 reply.body == body,

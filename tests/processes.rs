@@ -74,30 +74,44 @@ fn sockets(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Keep-alive connections [`spread`] opens: the kernel spreads connections
+/// Keep-alive connections [`every_process_answers`] opens: the kernel spreads connections
 /// by a hash of the client's port, so with 40 every process gets some (all
 /// to one of two: a chance of 2^-39).
 const CLIENTS: usize = 40;
 
 /// Opens [`CLIENTS`] connections and sends `/` on each, holding them all
-/// open; returns the answers and how many more sockets each of `processes`
-/// held then.
-async fn spread(server: &Server, processes: &[u32]) -> (Vec<(StatusCode, String)>, Vec<usize>) {
+/// open: every answer must be 200 with `text`, and each of `processes` must
+/// have taken some of the connections (it holds more sockets than before).
+async fn every_process_answers(server: &Server, processes: &[u32], text: &str) {
     let before: Vec<usize> = processes.iter().map(|&pid| sockets(pid)).collect();
     let mut conns = Vec::new();
-    let mut answers = Vec::new();
     for _ in 0..CLIENTS {
         let mut conn = Conn::http1(server.addr).await;
         let reply = conn.send("GET", "/", "").await;
-        answers.push((reply.status, reply.text().to_string()));
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, text));
         conns.push(conn);
     }
-    let held = processes
+    let held: Vec<usize> = processes
         .iter()
         .zip(before)
         .map(|(&pid, before)| sockets(pid).saturating_sub(before))
         .collect();
-    (answers, held)
+    assert!(
+        held.iter().all(|&held| held > 0),
+        "connections per process: {held:?}"
+    );
+}
+
+/// Waits until none of `processes` is alive; panics after [`STEP_TIMEOUT`].
+async fn wait_until_gone(processes: &[u32]) {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while processes.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "serving processes outlived the supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn requests_2xx(metrics: &str) -> u64 {
@@ -127,17 +141,7 @@ async fn each_process_serves_and_metrics_add_up() {
         "{}",
         server.log()
     );
-    let (answers, held) = spread(&server, &processes).await;
-    assert!(
-        answers
-            .iter()
-            .all(|(status, text)| *status == StatusCode::OK && text == "Hello World\n"),
-        "{answers:?}"
-    );
-    assert!(
-        held.iter().all(|&held| held > 0),
-        "connections per process: {held:?}"
-    );
+    every_process_answers(&server, &processes, "Hello World\n").await;
     let metrics = get(server.admin.unwrap(), "/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
     assert_eq!(
@@ -169,15 +173,7 @@ async fn a_dead_serving_process_is_replaced() {
     let after = serving_processes(&server);
     assert_eq!(after.len(), 2, "log:\n{}", server.log());
     assert!(after.contains(&before[1]) && !after.contains(&before[0]));
-    let (answers, held) = spread(&server, &after).await;
-    assert!(
-        answers.iter().all(|(status, _)| *status == StatusCode::OK),
-        "{answers:?}"
-    );
-    assert!(
-        held.iter().all(|&held| held > 0),
-        "connections per process: {held:?}"
-    );
+    every_process_answers(&server, &after, "Hello World\n").await;
 }
 
 /// SIGTERM to the supervisor: in-flight requests finish, then every process
@@ -197,14 +193,7 @@ async fn sigterm_drains_every_process() {
     );
     let status = server.wait();
     assert!(status.success(), "{status:?}; log:\n{}", server.log());
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while processes.iter().any(|&pid| alive(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "serving processes outlived the supervisor"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_gone(&processes).await;
     assert!(
         !server.log().contains("starting another"),
         "{}",
@@ -220,14 +209,7 @@ async fn no_serving_process_outlives_a_killed_supervisor() {
     let processes = serving_processes(&server);
     assert_eq!(processes.len(), 2);
     kill("KILL", server.pid());
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    while processes.iter().any(|&pid| alive(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "serving processes outlived the supervisor"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_gone(&processes).await;
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
 
@@ -249,17 +231,7 @@ async fn sighup_reloads_every_process() {
         assert!(Instant::now() < deadline, "log:\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (answers, held) = spread(&server, &processes).await;
-    assert!(
-        answers
-            .iter()
-            .all(|(status, text)| *status == StatusCode::OK && text == "testbed\n"),
-        "{answers:?}"
-    );
-    assert!(
-        held.iter().all(|&held| held > 0),
-        "connections per process: {held:?}"
-    );
+    every_process_answers(&server, &processes, "testbed\n").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
