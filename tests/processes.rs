@@ -133,7 +133,8 @@ async fn each_process_serves_and_metrics_add_up() {
     );
     let processes = serving_processes(&server);
     assert_eq!(processes.len(), 2, "log:\n{}", server.log());
-    // What is served and with what limits is said once, by the supervisor.
+    // What is served and with what limits is said once, by the first
+    // serving process.
     server.wait_for_log("each instance may hold").await;
     assert_eq!(
         server.log().matches("each instance may hold").count(),
@@ -151,6 +152,37 @@ async fn each_process_serves_and_metrics_add_up() {
         metrics.text()
     );
     assert!(metrics.text().ends_with("# EOF\n"));
+}
+
+/// The first serving process compiles the component and fills the compile
+/// cache before the others start, and they load it from there; the
+/// supervisor loads nothing. A cold start compiles once, not once per
+/// process, and the component is in memory once per serving process only.
+#[tokio::test]
+async fn the_component_is_compiled_once_for_all_processes() {
+    let cache = std::env::temp_dir().join(format!("e2e-processes-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let server = Server::start(
+        "hello",
+        &["--processes", "3", "--cache-dir", cache.to_str().unwrap()],
+    );
+    // Each process logs its load from a thread of its own: wait for three
+    // such lines, then a little more for any fourth (a load by the
+    // supervisor) to arrive.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while server.log().matches(" ready in ").count() < 3 {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Had the processes started together on the empty cache, each would
+    // have compiled.
+    let log = server.log();
+    assert_eq!(log.matches(" ready in ").count(), 3, "{log}");
+    assert_eq!(log.matches(": compiled;").count(), 1, "{log}");
+    assert_eq!(log.matches(": loaded from the compile cache;").count(), 2, "{log}");
+    drop(server);
+    std::fs::remove_dir_all(&cache).unwrap();
 }
 
 /// A serving process that dies is replaced; the other answers meanwhile,

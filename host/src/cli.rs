@@ -48,6 +48,11 @@ pub struct Cli {
     #[arg(long, hide = true, value_name = "ADDR")]
     pub serving_process_on: Option<SocketAddr>,
 
+    /// Given by a supervisor to the serving process it starts first: that
+    /// one says what the server serves, once for the whole server.
+    #[arg(long, hide = true, requires = "serving_process_on")]
+    pub first_serving_process: bool,
+
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object per line) for log collectors. Filter with `RUST_LOG`
     /// (default `info`).

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     drop(flush_on_exit);
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<supervisor::AlreadyReported>() => ExitCode::FAILURE,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -134,6 +135,17 @@ fn run(cli: Cli) -> Result<()> {
         cache_dir: cli.cache_dir(),
         watch: cli.watch,
     };
+    if cli.processes > 1 && cli.serving_process_on.is_none() {
+        // The settings are valid; the component is the first serving
+        // process's to load (it fails before listening if broken, and fills
+        // the compile cache for the others). This process serves nothing.
+        drop((limits, store_io));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return runtime.block_on(supervise(&cli));
+    }
 
     // Compile and link before listening: a bad component never gets a port.
     let engines = Arc::new(component::Engines::new(pool));
@@ -158,8 +170,8 @@ fn run(cli: Cli) -> Result<()> {
                 cli.component.display()
             )
         })?;
-    // What the server serves and with what, said once per server: by the
-    // supervisor, not again by each of its serving processes.
+    // What the server serves and with what, said once per server: with
+    // --processes, by the serving process started first.
     let mut summary = vec![format!(
         "serving {}, a {kind} component",
         cli.component.display()
@@ -177,16 +189,8 @@ fn run(cli: Cli) -> Result<()> {
         bytesize::ByteSize(host.bound() as u64),
         cli.max_memory
     ));
-    if cli.serving_process_on.is_some() {
+    if cli.serving_process_on.is_some() && !cli.first_serving_process {
         summary.clear();
-    }
-    if cli.processes > 1 && cli.serving_process_on.is_none() {
-        // The component compiled and instantiated here, so a broken one
-        // fails before listening, and it is in the compile cache for the
-        // serving processes. This process serves nothing itself.
-        drop((handler, engines, stores, store_io));
-        release_free_memory();
-        return runtime.block_on(supervise(&cli, &summary));
     }
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let addr = cli.serving_process_on.unwrap_or(cli.addr);
@@ -265,7 +269,7 @@ fn release_free_memory() {
 }
 
 /// Runs the serving processes of `--processes` until SIGINT or SIGTERM.
-async fn supervise(cli: &Cli, summary: &[String]) -> Result<()> {
+async fn supervise(cli: &Cli) -> Result<()> {
     let port =
         server::reserve(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
     let shutdown = shutdown_signal().context("installing signal handlers")?;
@@ -281,9 +285,6 @@ async fn supervise(cli: &Cli, summary: &[String]) -> Result<()> {
     let addr = port.local_addr()?;
     let processes =
         supervisor::start(port, usize::from(cli.processes), cli.shutdown_timeout).await?;
-    for line in summary {
-        info!("{line}");
-    }
     println!("Server running at http://{addr}/");
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);

@@ -7,12 +7,16 @@
 //! A process with one serving thread runs on one core, so nothing is
 //! interrupted (BENCHMARKS.md, step 14).
 //!
-//! The supervisor compiles the component (so a broken one fails before
-//! listening, and the compile cache has it), binds the address (without
+//! The supervisor checks the command line, binds the address (without
 //! listening: `server::reserve`), and starts its own binary again with the
-//! same command line plus `--serving-process-on ADDR`. The serving processes
-//! each listen on that address with `SO_REUSEPORT`, and the kernel spreads
-//! connections between them. Each one's stderr is the supervisor's, so
+//! same command line plus `--serving-process-on ADDR`: first one serving
+//! process, which loads the component (a broken one fails it before it
+//! listens, with the usual one `error:` line, and the supervisor exits with
+//! it) and fills the compile cache; then, once that one serves, the others,
+//! which find the component compiled. The supervisor never loads the
+//! component itself: it would only add its load to the startup time and its
+//! memory to the server's. The serving processes each listen on that address
+//! with `SO_REUSEPORT`, and the kernel spreads connections between them. Each one's stderr is the supervisor's, so
 //! their log lines go where the operator looks; stdin and stdout are pipes
 //! to the supervisor:
 //! - the first line on stdout is the usual "Server running at ...": ready;
@@ -22,11 +26,12 @@
 //!   process shuts down gracefully, so none is left serving on its own.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::future::Future;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,8 +100,22 @@ pub struct Processes {
     keepers: JoinSet<()>,
 }
 
+/// A serving process failed to start and has said why on stderr itself:
+/// the server exits with no further line.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a serving process failed to start")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
 /// Starts `count` serving processes on the address `port` holds and waits
-/// until each is ready; if one cannot start, stops the others and says why.
+/// until each is ready: the first alone, then the others together. If one
+/// cannot start, stops the others and fails.
 pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.extend([
@@ -117,33 +136,54 @@ pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) ->
         hangups,
         keepers: JoinSet::new(),
     };
-    let mut readiness = Vec::new();
-    for index in 0..count {
-        let (ready, first) = oneshot::channel();
-        readiness.push(first);
-        processes.keepers.spawn(
-            Keeper {
-                index,
-                launcher: launcher.clone(),
-                links: links.clone(),
-                stop: processes.stop.subscribe(),
-                hangups: processes.hangups.subscribe(),
-                shutdown_timeout,
-            }
-            .run(ready),
-        );
-    }
-    for (index, first) in readiness.into_iter().enumerate() {
-        let why = match first.await {
-            Ok(Ok(())) => continue,
-            Ok(Err(why)) => why,
-            Err(_) => "its supervising task ended".to_string(),
-        };
-        processes.stop().await;
-        return Err(anyhow!("serving process {index} did not start: {why}"));
+    for batch in [0..1, 1..count] {
+        let mut readiness = Vec::new();
+        for index in batch {
+            let (ready, first) = oneshot::channel();
+            readiness.push((index, first));
+            processes.keepers.spawn(
+                Keeper {
+                    index,
+                    launcher: launcher.clone(),
+                    links: links.clone(),
+                    stop: processes.stop.subscribe(),
+                    hangups: processes.hangups.subscribe(),
+                    shutdown_timeout,
+                }
+                .run(ready),
+            );
+        }
+        for (index, first) in readiness {
+            let failure = match first.await {
+                Ok(Ok(())) => continue,
+                // Exit status 1 is main's: it has written its `error:` line.
+                Ok(Err(NotReady::Exited(status))) if status.code() == Some(1) => {
+                    anyhow::Error::new(AlreadyReported)
+                }
+                Ok(Err(why)) => anyhow!("serving process {index} did not start: {why}"),
+                Err(_) => anyhow!("serving process {index} did not start: its task ended"),
+            };
+            processes.stop().await;
+            return Err(failure);
+        }
     }
     info!("{count} serving processes ready");
     Ok(processes)
+}
+
+/// Why a serving process did not become ready.
+enum NotReady {
+    Exited(ExitStatus),
+    Failed(String),
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReady::Exited(status) => write!(f, "it exited ({status}) before it was ready"),
+            NotReady::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 impl Processes {
@@ -191,14 +231,19 @@ struct Launcher {
 
 impl Launcher {
     /// Starts a serving process and waits for its "Server running" line.
-    async fn launch(&self) -> Result<(Child, Link), String> {
-        let mut child = Command::new(&self.exe)
-            .args(&self.args)
+    /// The `first` one says what the server serves.
+    async fn launch(&self, first: bool) -> Result<(Child, Link), NotReady> {
+        let mut command = Command::new(&self.exe);
+        command.args(&self.args);
+        if first {
+            command.arg("--first-serving-process");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|err| format!("cannot run {}: {err}", self.exe.display()))?;
+            .map_err(|err| NotReady::Failed(format!("cannot run {}: {err}", self.exe.display())))?;
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         match stdout.next_line().await {
@@ -213,8 +258,10 @@ impl Launcher {
             _ => {
                 let _ = child.start_kill();
                 match child.wait().await {
-                    Ok(status) => Err(format!("it exited ({status}) before it was ready")),
-                    Err(err) => Err(format!("it failed before it was ready: {err}")),
+                    Ok(status) => Err(NotReady::Exited(status)),
+                    Err(err) => Err(NotReady::Failed(format!(
+                        "it failed before it was ready: {err}"
+                    ))),
                 }
             }
         }
@@ -290,13 +337,14 @@ struct Keeper {
 
 impl Keeper {
     /// `ready` hears whether the first start worked; after a failed first
-    /// start there is no retry, as the server is not running yet.
-    async fn run(mut self, ready: oneshot::Sender<Result<(), String>>) {
+    /// start there is no retry, as the server is not running yet. Process 0's
+    /// first start is the server's first: it says what is served.
+    async fn run(mut self, ready: oneshot::Sender<Result<(), NotReady>>) {
         let index = self.index;
         let mut ready = Some(ready);
         loop {
             let launched = tokio::select! {
-                launched = self.launcher.launch() => launched,
+                launched = self.launcher.launch(index == 0 && ready.is_some()) => launched,
                 _ = self.stop.changed() => return,
             };
             let mut child = match launched {
