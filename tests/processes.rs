@@ -180,7 +180,11 @@ async fn the_component_is_compiled_once_for_all_processes() {
     let log = server.log();
     assert_eq!(log.matches(" ready in ").count(), 3, "{log}");
     assert_eq!(log.matches(": compiled;").count(), 1, "{log}");
-    assert_eq!(log.matches(": loaded from the compile cache;").count(), 2, "{log}");
+    assert_eq!(
+        log.matches(": loaded from the compile cache;").count(),
+        2,
+        "{log}"
+    );
     drop(server);
     std::fs::remove_dir_all(&cache).unwrap();
 }
