@@ -16,9 +16,9 @@
 //! which find the component compiled. The supervisor never loads the
 //! component itself: it would only add its load to the startup time and its
 //! memory to the server's. The serving processes each listen on that address
-//! with `SO_REUSEPORT`, and the kernel spreads connections between them. Each one's stderr is the supervisor's, so
-//! their log lines go where the operator looks; stdin and stdout are pipes
-//! to the supervisor:
+//! with `SO_REUSEPORT`, and the kernel spreads connections between them.
+//! Each one's stderr is the supervisor's, so their log lines go where the
+//! operator looks; stdin and stdout are pipes to the supervisor:
 //! - the first line on stdout is the usual "Server running at ...": ready;
 //! - `metrics N` on stdin is answered with `# reply N` and the metrics text,
 //!   which ends with `# EOF`; the admin endpoint sums them;
