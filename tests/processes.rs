@@ -5,12 +5,19 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit};
+use std::process::{Command, Stdio};
+
+use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit, server_binary};
 use hyper::StatusCode;
 
 /// The serving processes of `server`: its children with
 /// `--serving-process-on`.
 fn serving_processes(server: &Server) -> Vec<u32> {
+    serving_processes_of(server.pid())
+}
+
+/// The serving processes of the supervisor `supervisor`.
+fn serving_processes_of(supervisor: u32) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
@@ -29,7 +36,7 @@ fn serving_processes(server: &Server) -> Vec<u32> {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|ppid| ppid.parse::<u32>().ok());
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(server.pid())
+        if parent == Some(supervisor)
             && cmdline
                 .split(|&b| b == 0)
                 .any(|arg| arg == b"--serving-process-on")
@@ -187,6 +194,45 @@ async fn the_component_is_compiled_once_for_all_processes() {
     );
     drop(server);
     std::fs::remove_dir_all(&cache).unwrap();
+}
+
+/// SIGTERM while the first serving process is still loading the component
+/// stops the server then, not once it serves, and that process goes with
+/// it. The test stops the process (SIGSTOP) while it compiles the Python
+/// guest (seconds, with `--no-cache`), so it can never become ready.
+#[tokio::test]
+async fn sigterm_before_the_processes_are_ready_stops_the_server() {
+    let python = component("python-guest");
+    let mut supervisor = Command::new(server_binary())
+        .arg(&python)
+        .args(["--processes", "2", "--no-cache", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let loading = loop {
+        if let Some(&pid) = serving_processes_of(supervisor.id()).first() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no serving process started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    kill("STOP", loading);
+    kill("TERM", supervisor.id());
+    let status = loop {
+        if let Some(status) = supervisor.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = supervisor.kill();
+            let _ = supervisor.wait();
+            panic!("the supervisor kept waiting for a serving process after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    wait_until_gone(&[loading]).await;
 }
 
 /// A serving process that dies is replaced; the other answers meanwhile,

@@ -272,7 +272,7 @@ fn release_free_memory() {
 async fn supervise(cli: &Cli) -> Result<()> {
     let port =
         server::reserve(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
-    let shutdown = shutdown_signal().context("installing signal handlers")?;
+    let mut shutdown = Box::pin(shutdown_signal().context("installing signal handlers")?);
     let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let admin = match cli.admin_addr {
         Some(addr) => Some(
@@ -283,8 +283,17 @@ async fn supervise(cli: &Cli) -> Result<()> {
         None => None,
     };
     let addr = port.local_addr()?;
-    let processes =
-        supervisor::start(port, usize::from(cli.processes), cli.shutdown_timeout).await?;
+    // A large component can take the first serving process seconds to
+    // compile; SIGTERM meanwhile stops the server then, not once it serves.
+    // Nothing is served yet, so the processes starting are simply killed
+    // (dropping them does).
+    let processes = tokio::select! {
+        started = supervisor::start(port, usize::from(cli.processes), cli.shutdown_timeout) => started?,
+        () = &mut shutdown => {
+            info!("stopped before the serving processes were ready");
+            return Ok(());
+        }
+    };
     println!("Server running at http://{addr}/");
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);
