@@ -32,8 +32,9 @@ pub struct Cli {
     pub threads: Option<usize>,
 
     /// Serving processes. With 1 (the default) this process serves. With
-    /// more, it starts that many single-threaded serving processes sharing
-    /// its listening socket and looks after them: it restarts one that dies,
+    /// more, it starts that many single-threaded serving processes, each
+    /// listening on `--addr` (`SO_REUSEPORT`: the kernel spreads connections
+    /// between them), and looks after them: it restarts one that dies,
     /// passes SIGHUP and SIGTERM on, and its `--admin-addr` sums their
     /// metrics. On large guests (JS and Python interpreters) this serves
     /// more: resetting an instance's memory makes the kernel interrupt every

@@ -135,15 +135,17 @@ fn run(cli: Cli) -> Result<()> {
         cache_dir: cli.cache_dir(),
         watch: cli.watch,
     };
+    // This thread accepts connections and watches for signals; the workers
+    // serve them. A supervisor does only the watching.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     if cli.processes > 1 && cli.serving_process_on.is_none() {
         // The settings are valid; the component is the first serving
         // process's to load (it fails before listening if broken, and fills
         // the compile cache for the others). This process serves nothing.
         drop((limits, store_io));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
         return runtime.block_on(supervise(&cli));
     }
 
@@ -155,12 +157,6 @@ fn run(cli: Cli) -> Result<()> {
     let stores = limits.sandbox.keyvalue.clone();
     let handler = Arc::new(Handler::new(pre, limits));
 
-    // This thread accepts connections and watches for signals; the workers
-    // serve them.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime
         .block_on(handler.check())
         .map_err(anyhow::Error::from)

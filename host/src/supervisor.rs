@@ -1,5 +1,5 @@
 //! `--processes N`: this process supervises N single-threaded serving
-//! processes that share its listening socket.
+//! processes that listen on its address together.
 //!
 //! Why processes: resetting a large instance's memory (`madvise`) makes the
 //! kernel flush the TLB of every core the process is running on, by
