@@ -64,7 +64,7 @@ pub struct Shape {
 
 /// Up to this much initial linear memory, restoring all of it is cheaper
 /// than asking the kernel which pages were written: the scan walks page
-/// tables at a fixed cost per call (our 128 KiB hello: 8.7 us per request
+/// tables at a fixed cost per call (our hello, 128 KiB then: 8.7 us per request
 /// with a plain reset against 9.7 us with the scan, BENCHMARKS.md step 5).
 const SMALL_MEMORY: u64 = 1 << 20;
 
