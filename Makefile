@@ -83,7 +83,7 @@ $(PYTHON_GUEST): tests/components/python-guest/app.py $(wildcard wit/*.wit wit/d
 
 # The key-value tests run a real Redis (Debian's redis-server) of their own.
 redis:
-	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || (apt-get update && apt-get install -y redis-server)
 
 test: lint build real-guests redis
 	$(CARGO) test --profile $(PROFILE)

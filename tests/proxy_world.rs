@@ -27,7 +27,10 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         config: Default::default(),
         keyvalue: Arc::new(Stores::none()),
     };
-    let mut store = Store::new(&engine, RequestState::new(&sandbox, RequestId::next()));
+    let mut store = Store::new(
+        &engine,
+        RequestState::new(&sandbox, RequestId::next(), std::time::Instant::now()),
+    );
     pre.instantiate_async(&mut store).await?;
     Ok(())
 }

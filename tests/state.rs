@@ -3,89 +3,12 @@
 //! Redis (Debian's `redis-server`, started here on a free loopback port), with
 //! the `state-guest` component, which counts requests in a store.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{Conn, STEP_TIMEOUT, Server, get};
+use e2e::{Conn, Redis, STEP_TIMEOUT, Server, get};
 use hyper::StatusCode;
 
 const GUEST: &str = "state-guest";
-
-/// A fresh, empty directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("e2e-state-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A redis-server of our own on a free loopback port, with nothing saved to
-/// disk; killed when dropped.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    /// Starts it (again) on the same port and waits until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (make test installs it)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < STEP_TIMEOUT,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: a Redis that accepts
-    /// connections but never answers.
-    fn signal(&self, signal: libc::c_int) {
-        let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: kill has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// `/count` on `server`: the new value of the counter.
 async fn count(server: &Server) -> u64 {
@@ -168,7 +91,7 @@ async fn two_servers_share_one_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_one_sqlite_file() {
-    let dir = temp_dir("shared");
+    let dir = e2e::temp_dir("shared");
     let url = format!("sqlite:{}", dir.join("kv.db").display());
     let args = ["--keyvalue", url.as_str()];
     let (a, b) = (Server::start(GUEST, &args), Server::start(GUEST, &args));
@@ -179,14 +102,23 @@ async fn two_servers_share_one_sqlite_file() {
 /// directory, and its data outlives the server.
 #[tokio::test]
 async fn the_default_store_survives_a_restart() {
-    let data = temp_dir("default");
+    let data = e2e::temp_dir("default");
     let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
     let server = Server::start_with_env(GUEST, &[], &env);
     for expected in 1..=3 {
         assert_eq!(count(&server).await, expected);
     }
     drop(server);
-    assert!(data.join("wasi-http-server/keyvalue.sqlite3").exists());
+    let stores: Vec<_> = std::fs::read_dir(data.join("wasi-http-server/keyvalue"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        stores
+            .iter()
+            .any(|name| name.starts_with("state-guest-") && name.ends_with(".sqlite3")),
+        "{stores:?}"
+    );
 
     let server = Server::start_with_env(GUEST, &[], &env);
     assert_eq!(count(&server).await, 4);
@@ -195,7 +127,7 @@ async fn the_default_store_survives_a_restart() {
 /// A guest that never touches key-value leaves no file behind.
 #[tokio::test]
 async fn no_store_file_until_a_guest_uses_one() {
-    let data = temp_dir("unused");
+    let data = e2e::temp_dir("unused");
     let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
     let server = Server::start_with_env(GUEST, &[], &env);
     assert_eq!(
@@ -305,7 +237,7 @@ async fn a_hung_redis_is_bounded_by_the_deadline() {
 /// clear error, and nothing of them outlives the request.
 #[tokio::test]
 async fn bad_calls_get_clear_errors() {
-    let dir = temp_dir("errors");
+    let dir = e2e::temp_dir("errors");
     let url = format!("sqlite:{}", dir.join("kv.db").display());
     let server = Server::start(
         GUEST,

@@ -221,8 +221,10 @@ pub struct Cli {
     /// which processes on one machine may share) or `redis://HOST:PORT[/DB]`
     /// (shared by servers anywhere), under NAME (`default` when left out,
     /// which guests open as "" or "default"). Repeatable. Without any, the
-    /// default store is `keyvalue.sqlite3` in the user's data directory
-    /// (`$XDG_DATA_HOME/wasi-http-server`), created when a guest first uses it.
+    /// default store is the application's own SQLite file in the user's data
+    /// directory (`$XDG_DATA_HOME/wasi-http-server/keyvalue/`, named after
+    /// the component file), created when a guest first uses it; servers
+    /// share a store only when told to by naming the same one.
     #[arg(long = "keyvalue", value_name = "[NAME=]URL", value_parser = keyvalue_store)]
     pub keyvalue: Vec<(String, keyvalue::Url)>,
 
@@ -299,14 +301,25 @@ impl Cli {
     }
 
     /// Where the default key-value store lives when no `--keyvalue` names
-    /// one: the user's data directory, as XDG says.
+    /// one: in the user's data directory, as XDG says, a file of the
+    /// application's own, named after the component file and a hash of its
+    /// full path. So the default store belongs to one application, as in
+    /// Spin: another component served by the same user does not see it, and
+    /// the same file served again (or replaced in place) does.
     pub fn default_keyvalue_path(&self) -> Option<PathBuf> {
         let base = std::env::var_os("XDG_DATA_HOME")
             .map(PathBuf::from)
             .or_else(|| {
                 std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
             })?;
-        Some(base.join("wasi-http-server").join("keyvalue.sqlite3"))
+        let app = std::fs::canonicalize(&self.component).unwrap_or_else(|_| self.component.clone());
+        let hash = xxhash_rust::xxh3::xxh3_64(app.as_os_str().as_encoded_bytes());
+        let stem = app.file_stem().unwrap_or_default().to_string_lossy();
+        Some(
+            base.join("wasi-http-server")
+                .join("keyvalue")
+                .join(format!("{stem}-{hash:016x}.sqlite3")),
+        )
     }
 
     /// The compile cache directory, unless `--no-cache`.

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::component::GuestPre;
 use crate::guest_output::RequestId;
 use crate::guest_task::{self, GuestTask, Shared, TimedOut};
+use crate::keyvalue::Ticket;
 use crate::metrics::METRICS;
 use crate::request_body::CappedBody;
 use crate::response::{self, ResponseBody};
@@ -93,21 +94,23 @@ impl Handler {
     /// without one this could take a request's, or find none free.
     async fn try_instantiate(&self, pre: &GuestPre) -> wasmtime::Result<()> {
         let _slot = self.slots.wait().await;
-        let mut store = self.new_store(engine(pre), RequestId::next());
         let deadline = Instant::now() + self.request_timeout;
+        let mut store = self.new_store(engine(pre), RequestId::next(), deadline);
+        let ticket = store.data().ticket.clone();
         let instantiate = async {
             match pre {
                 GuestPre::P2(pre) => pre.instantiate_async(&mut store).await.map(drop),
                 GuestPre::P3(pre) => pre.instantiate_async(&mut store).await.map(drop),
             }
         };
-        within(deadline, self.request_timeout, instantiate).await
+        within(deadline, self.request_timeout, &ticket, instantiate).await
     }
 
     /// A fresh store on `engine` with this server's limits, memory cap and
-    /// epoch deadline.
-    fn new_store(&self, engine: &Engine, id: RequestId) -> Store<RequestState> {
-        let mut store = Store::new(engine, RequestState::new(&self.sandbox, id));
+    /// epoch deadline, for a request due by `deadline`.
+    fn new_store(&self, engine: &Engine, id: RequestId, deadline: Instant) -> Store<RequestState> {
+        let state = RequestState::new(&self.sandbox, id, deadline.into_std());
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
         // At every epoch tick a running guest yields to the runtime, so other
         // requests share its thread and the request deadline fires even while
@@ -139,8 +142,9 @@ impl Handler {
         let deadline = Instant::now() + self.request_timeout;
 
         let pre = self.pre.load_full();
-        let mut store = self.new_store(engine(&pre), id);
+        let mut store = self.new_store(engine(&pre), id, deadline);
         let (mut parts, body) = request.into_parts();
+        let method = parts.method.clone();
         drop_connection_headers(&mut parts.headers);
         let (body, mut over_limit) = CappedBody::new(body, self.max_body);
         let request = Request::from_parts(parts, body);
@@ -167,13 +171,14 @@ impl Handler {
         let shared = Arc::new(Shared::new(id));
         let reporter = shared.clone();
         let call = Box::pin(async move {
+            let ticket = instance.store.data().ticket.clone();
             let store = &mut instance.store;
             let mut result = match (&*pre, prepared) {
                 (GuestPre::P2(pre), Prepared::P2(prepared)) => {
-                    within(deadline, timeout, prepared.run(pre, store)).await
+                    within(deadline, timeout, &ticket, prepared.run(pre, store)).await
                 }
                 (GuestPre::P3(pre), Prepared::P3(prepared)) => {
-                    within(deadline, timeout, prepared.run(pre, store)).await
+                    within(deadline, timeout, &ticket, prepared.run(pre, store)).await
                 }
                 _ => unreachable!("prepared for the kind of `pre`"),
             };
@@ -204,7 +209,9 @@ impl Handler {
                 if let Some(err) = guest.shared().mark_head_sent() {
                     guest_task::log_cut_off(id, err);
                 }
-                response.map(|body| ResponseBody::streaming(body, guest))
+                let complete_at =
+                    ResponseBody::complete_at(&method, response.status(), response.headers());
+                response.map(|body| ResponseBody::streaming(body, guest, complete_at))
             }
             Some(Ok(Err(code))) => response::internal_error(
                 id,
@@ -280,17 +287,26 @@ fn engine(pre: &GuestPre) -> &Engine {
 /// finish within their first poll, before any epoch tick; the deadline's
 /// timer is armed only for those that wait or yield, and it still counts from
 /// the request's start.
+///
+/// At the deadline `run` is kept (and with it every channel the response
+/// could go out by) until a key-value write that had begun to commit has
+/// ended ([`Ticket::settled`]): the 504 that follows is final, and nothing
+/// of the request is written after it.
 async fn within(
     deadline: Instant,
     timeout: Duration,
+    ticket: &Ticket,
     run: impl Future<Output = wasmtime::Result<()>>,
 ) -> wasmtime::Result<()> {
     let mut run = std::pin::pin!(run);
     match poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
         Poll::Ready(result) => result,
-        Poll::Pending => match tokio::time::timeout_at(deadline, run).await {
+        Poll::Pending => match tokio::time::timeout_at(deadline, run.as_mut()).await {
             Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(TimedOut(timeout))),
+            Err(_) => {
+                ticket.settled().await;
+                Err(wasmtime::Error::new(TimedOut(timeout)))
+            }
         },
     }
 }

@@ -107,8 +107,13 @@ fn run(cli: Cli) -> Result<()> {
         .context("starting the key-value runtime")?;
     let stores = {
         let _in_io_runtime = store_io.enter();
-        keyvalue::Stores::new(&cli.keyvalue, cli.default_keyvalue_path(), keyvalue_limits)
-            .map_err(anyhow::Error::msg)?
+        keyvalue::Stores::new(
+            &cli.keyvalue,
+            cli.default_keyvalue_path(),
+            keyvalue_limits,
+            slots,
+        )
+        .map_err(anyhow::Error::msg)?
     };
     let limits = Limits {
         sandbox: Sandbox {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::{Response, StatusCode, header};
+use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use tracing::{error, warn};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -25,18 +25,47 @@ pub struct ResponseBody {
     /// Set once `inner` has ended, so that `drop` can tell a finished response
     /// from one whose client went away.
     ended: bool,
+    /// Body bytes after which the client has the whole response: its
+    /// `content-length`, or 0 when none is sent (`HEAD`, 204, 304). hyper's
+    /// HTTP/1.1 side stops there and drops the body without polling it to
+    /// its end, so reaching it counts as ended.
+    complete_at: Option<u64>,
+    /// Body bytes handed to hyper so far.
+    sent: u64,
 }
 
 impl ResponseBody {
-    /// The guest's body, written by `guest` on its own task.
-    pub fn streaming(inner: HyperOutgoingBody, guest: GuestTask) -> Self {
+    /// The guest's body, written by `guest` on its own task; `complete_at`
+    /// as [`ResponseBody::complete_at`] says.
+    pub fn streaming(inner: HyperOutgoingBody, guest: GuestTask, complete_at: Option<u64>) -> Self {
         // Handed to hyper: until it polls, the body waits on the client.
         guest.shared().set_waiting_on_client(true);
         Self {
             inner,
             guest: Some(guest),
             ended: false,
+            complete_at,
+            sent: 0,
         }
+    }
+
+    /// Where the client has the whole of a response to `method` with this
+    /// head: no body at all for `HEAD`, 1xx, 204 and 304 (RFC 9110, 6.4.1),
+    /// else its `content-length`, if it has one.
+    pub fn complete_at(method: &Method, status: StatusCode, headers: &HeaderMap) -> Option<u64> {
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Some(0);
+        }
+        headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
     }
 
     /// How long the guest has run for this request so far.
@@ -56,6 +85,11 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.complete_at == Some(0) {
+            // No body goes out for this response (HTTP/2 would send one, and
+            // its client reset the stream): the head was all of it.
+            return Poll::Ready(None);
+        }
         let shared = this.guest.as_ref().map(|guest| guest.shared());
         if let Some(shared) = shared {
             shared.set_waiting_on_client(false);
@@ -78,6 +112,11 @@ impl Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
+                if let Ok(frame) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.sent += data.len() as u64;
+                }
                 if let Some(shared) = shared {
                     shared.set_waiting_on_client(true);
                 }
@@ -88,10 +127,13 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        self.ended || self.complete_at == Some(0) || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.complete_at == Some(0) {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }
@@ -102,9 +144,11 @@ impl Drop for ResponseBody {
         // run to its end (its deadline still holds), as other wasi-http hosts
         // do. A body dropped before its end means the client went away, and
         // dropping the task aborts the guest with it.
-        if self.ended
-            && let Some(guest) = &mut self.guest
-        {
+        let complete = self.ended || self.complete_at.is_some_and(|end| self.sent >= end);
+        if complete && let Some(guest) = &mut self.guest {
+            // Its client has it all: nothing it does now waits on the client,
+            // so it is no candidate for eviction.
+            guest.shared().set_waiting_on_client(false);
             guest.detach();
         }
     }
@@ -127,6 +171,8 @@ pub fn plain(
         inner: body,
         guest,
         ended: false,
+        complete_at: None,
+        sent: 0,
     });
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -13,7 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use crate::guest_output::{GuestOutput, RequestId};
-use crate::keyvalue::{KeyValue, Stores};
+use crate::keyvalue::{KeyValue, Stores, Ticket};
 use crate::outbound::{Destination, OutboundPolicy};
 
 /// Largest table (of function references) an instance may grow. Compilers
@@ -172,10 +172,13 @@ pub struct RequestState {
     pub limiter: MemoryLimiter,
     config: Arc<WasiConfigVariables>,
     keyvalue: Arc<Stores>,
+    /// The request's deadline and commits, for its key-value calls.
+    pub ticket: Arc<Ticket>,
 }
 
 impl RequestState {
-    pub fn new(sandbox: &Sandbox, id: RequestId) -> Self {
+    /// A request's state, for a request that must be done by `deadline`.
+    pub fn new(sandbox: &Sandbox, id: RequestId, deadline: std::time::Instant) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(sandbox.host.resources);
         let mut http = WasiHttpCtx::new();
@@ -198,6 +201,7 @@ impl RequestState {
             limiter: MemoryLimiter::new(sandbox.max_memory),
             config: sandbox.config.clone(),
             keyvalue: sandbox.keyvalue.clone(),
+            ticket: Arc::new(Ticket::new(deadline)),
         }
     }
 
@@ -212,6 +216,7 @@ impl RequestState {
         KeyValue {
             table: &mut self.table,
             stores: &self.keyvalue,
+            ticket: &self.ticket,
         }
     }
 }

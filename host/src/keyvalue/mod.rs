@@ -8,15 +8,23 @@
 //! creates no file. An unknown name is `no-such-store`.
 //!
 //! Every call runs under the request's deadline like the rest of the guest,
-//! so a store that hangs costs the request, not the server. A store that
-//! fails (Redis down, a disk error) gives the guest an error, and the log
-//! says so once per outage, not once per request, and again when it answers.
+//! so a store that hangs costs the request, not the server; and every call
+//! carries its request's [`Ticket`], so a store that works on its own thread
+//! (SQLite) knows when nobody waits for the call any more. A store that fails
+//! (Redis down, a disk error) gives the guest an error, and the log says so
+//! once per outage, not once per request, and again when it answers.
+//!
+//! Nothing is read whole before its size is checked: a value or key that
+//! someone else wrote into a shared store, larger than a guest may pass, is
+//! refused by its size as the store reports it.
 
 mod redis;
 mod sqlite;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use tracing::{error, info};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
@@ -80,6 +88,102 @@ pub struct Limits {
     pub max_batch: usize,
 }
 
+impl Limits {
+    /// The most a batch read may return, in bytes: what the host-memory
+    /// budget counts for one call.
+    fn max_batch_bytes(&self) -> usize {
+        self.max_batch.max(1).saturating_mul(self.max_value)
+    }
+}
+
+/// One request's side of its key-value calls: until when they may run, and
+/// whether a write of it is committing. A write commits only while its
+/// request still waits for it (not abandoned, deadline not passed), and the
+/// request's answer after its deadline waits for a commit that had already
+/// begun ([`Ticket::settled`]): so a client told its request failed never
+/// sees a write of it land later.
+pub struct Ticket {
+    deadline: Instant,
+    /// Set when the guest's call went away mid-call (its client left, or it
+    /// was evicted).
+    abandoned: AtomicBool,
+    /// Writes of this request between their last check and the end of their
+    /// commit.
+    committing: AtomicUsize,
+    committed: tokio::sync::Notify,
+}
+
+impl Ticket {
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            abandoned: AtomicBool::new(false),
+            committing: AtomicUsize::new(0),
+            committed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether the request still waits for its calls.
+    fn waiting(&self) -> bool {
+        !self.abandoned.load(Ordering::SeqCst) && Instant::now() < self.deadline
+    }
+
+    /// Marks the request abandoned if the returned guard is dropped before
+    /// [`Abandon::disarm`].
+    fn abandon_on_drop(&self) -> Abandon<'_> {
+        Abandon(self)
+    }
+
+    /// Starts a commit if the request still waits; the commit must be done
+    /// when the returned guard is dropped.
+    fn begin_commit(&self) -> Option<Committing<'_>> {
+        // Counted before the check: whoever sees the deadline passed after
+        // this check also sees the count (both SeqCst) and waits for it.
+        self.committing.fetch_add(1, Ordering::SeqCst);
+        let committing = Committing(self);
+        self.waiting().then_some(committing)
+    }
+
+    /// Resolves once no write of this request is committing; past the
+    /// deadline, none will start again.
+    pub async fn settled(&self) {
+        loop {
+            let committed = self.committed.notified();
+            let mut committed = std::pin::pin!(committed);
+            committed.as_mut().enable();
+            if self.committing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            committed.await;
+        }
+    }
+}
+
+/// See [`Ticket::abandon_on_drop`].
+struct Abandon<'a>(&'a Ticket);
+
+impl Abandon<'_> {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.abandoned.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A commit in progress; see [`Ticket::begin_commit`].
+struct Committing<'a>(&'a Ticket);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.committing.fetch_sub(1, Ordering::SeqCst);
+        self.0.committed.notify_waiters();
+    }
+}
+
 /// The name of the store `""` opens.
 pub const DEFAULT_STORE: &str = "default";
 
@@ -116,10 +220,14 @@ pub enum Failure {
 impl Stores {
     /// The stores named on the command line; with none, `default` is a
     /// SQLite file at `default_path`. Nothing is opened or connected yet.
+    /// `queue` is how many calls may wait for a store that works through
+    /// them one at a time (SQLite): the instance slots, so that the calls
+    /// waiting hold no more memory than the instances' budgets count.
     pub fn new(
         named: &[(String, Url)],
         default_path: Option<PathBuf>,
         limits: Limits,
+        queue: usize,
     ) -> Result<Self, String> {
         let mut stores = Vec::new();
         for (name, url) in named {
@@ -127,7 +235,7 @@ impl Stores {
                 return Err(format!("two --keyvalue stores are named `{name}`"));
             }
             let backend = match url {
-                Url::Sqlite(path) => Backend::Sqlite(sqlite::Sqlite::new(path.clone())),
+                Url::Sqlite(path) => Backend::Sqlite(sqlite::Sqlite::new(path.clone(), queue)?),
                 Url::Redis(url) => Backend::Redis(redis::Redis::new(url)?),
             };
             stores.push(Store {
@@ -141,7 +249,7 @@ impl Stores {
         {
             stores.push(Store {
                 name: DEFAULT_STORE.into(),
-                backend: Backend::Sqlite(sqlite::Sqlite::new(path)),
+                backend: Backend::Sqlite(sqlite::Sqlite::new(path, queue)?),
                 down: AtomicBool::new(false),
             });
         }
@@ -240,6 +348,8 @@ fn within(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Result
 pub struct KeyValue<'a> {
     pub table: &'a mut ResourceTable,
     pub stores: &'a Stores,
+    /// The request's deadline and commits.
+    pub ticket: &'a Arc<Ticket>,
 }
 
 impl KeyValue<'_> {
@@ -273,74 +383,89 @@ impl KeyValue<'_> {
         let max = self.stores.limits.max_batch;
         within(len, max, "a batch of", "keys", "--keyvalue-max-batch")
     }
-
-    /// A value read from a store that others may write to is held to the
-    /// same limit as one a guest writes.
-    fn check_read(&self, value: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(value) = &value {
-            self.check_value(value)?;
-        }
-        Ok(value)
-    }
 }
 
+/// Each call on either backend: SQLite's on the store's thread for the
+/// request of `ticket`; Redis's on its connection, dropped with the request.
 impl Backend {
-    async fn get(&self, key: String) -> Result<Option<Vec<u8>>, Failure> {
+    async fn get(
+        &self,
+        ticket: &Arc<Ticket>,
+        key: String,
+        limits: &Limits,
+    ) -> Result<Option<Vec<u8>>, Failure> {
         match self {
-            Backend::Sqlite(db) => db.get(key).await,
-            Backend::Redis(redis) => redis.get(key).await,
+            Backend::Sqlite(db) => db.get(ticket, key, limits.max_value).await,
+            Backend::Redis(redis) => redis.get(key, limits.max_value).await,
         }
     }
 
-    async fn set(&self, key: String, value: Vec<u8>) -> Result<(), Failure> {
+    async fn set(&self, ticket: &Arc<Ticket>, key: String, value: Vec<u8>) -> Result<(), Failure> {
         match self {
-            Backend::Sqlite(db) => db.set_many(vec![(key, value)]).await,
+            Backend::Sqlite(db) => db.set_many(ticket, vec![(key, value)]).await,
             Backend::Redis(redis) => redis.set(key, value).await,
         }
     }
 
-    async fn delete_many(&self, keys: Vec<String>) -> Result<(), Failure> {
+    async fn delete_many(&self, ticket: &Arc<Ticket>, keys: Vec<String>) -> Result<(), Failure> {
         match self {
-            Backend::Sqlite(db) => db.delete_many(keys).await,
+            Backend::Sqlite(db) => db.delete_many(ticket, keys).await,
             Backend::Redis(redis) => redis.delete_many(keys).await,
         }
     }
 
-    async fn exists(&self, key: String) -> Result<bool, Failure> {
+    async fn exists(&self, ticket: &Arc<Ticket>, key: String) -> Result<bool, Failure> {
         match self {
-            Backend::Sqlite(db) => db.exists(key).await,
+            Backend::Sqlite(db) => db.exists(ticket, key).await,
             Backend::Redis(redis) => redis.exists(key).await,
         }
     }
 
     async fn list_keys(
         &self,
+        ticket: &Arc<Ticket>,
         cursor: Option<u64>,
-        page: usize,
+        limits: &Limits,
     ) -> Result<(Vec<String>, Option<u64>), Failure> {
+        let (page, max_key) = (limits.max_batch, limits.max_key);
         match self {
-            Backend::Sqlite(db) => db.list_keys(cursor, page).await,
-            Backend::Redis(redis) => redis.list_keys(cursor, page).await,
+            Backend::Sqlite(db) => db.list_keys(ticket, cursor, page, max_key).await,
+            Backend::Redis(redis) => redis.list_keys(cursor, page, max_key).await,
         }
     }
 
-    async fn increment(&self, key: String, delta: u64) -> Result<u64, Failure> {
+    async fn increment(
+        &self,
+        ticket: &Arc<Ticket>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, Failure> {
         match self {
-            Backend::Sqlite(db) => db.increment(key, delta).await,
+            Backend::Sqlite(db) => db.increment(ticket, key, delta).await,
             Backend::Redis(redis) => redis.increment(key, delta).await,
         }
     }
 
-    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+    async fn get_many(
+        &self,
+        ticket: &Arc<Ticket>,
+        keys: Vec<String>,
+        limits: &Limits,
+    ) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+        let (max_value, max_total) = (limits.max_value, limits.max_batch_bytes());
         match self {
-            Backend::Sqlite(db) => db.get_many(keys).await,
-            Backend::Redis(redis) => redis.get_many(keys).await,
+            Backend::Sqlite(db) => db.get_many(ticket, keys, max_value, max_total).await,
+            Backend::Redis(redis) => redis.get_many(keys, max_value, max_total).await,
         }
     }
 
-    async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<(), Failure> {
+    async fn set_many(
+        &self,
+        ticket: &Arc<Ticket>,
+        pairs: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), Failure> {
         match self {
-            Backend::Sqlite(db) => db.set_many(pairs).await,
+            Backend::Sqlite(db) => db.set_many(ticket, pairs).await,
             Backend::Redis(redis) => redis.set_many(pairs).await,
         }
     }
@@ -368,8 +493,12 @@ impl store::HostBucket for KeyValue<'_> {
     ) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(&key)?;
         let store = self.store(&bucket)?;
-        let value = store.record(store.backend.get(key).await)?;
-        self.check_read(value)
+        store.record(
+            store
+                .backend
+                .get(self.ticket, key, &self.stores.limits)
+                .await,
+        )
     }
 
     async fn set(
@@ -381,19 +510,19 @@ impl store::HostBucket for KeyValue<'_> {
         self.check_key(&key)?;
         self.check_value(&value)?;
         let store = self.store(&bucket)?;
-        store.record(store.backend.set(key, value).await)
+        store.record(store.backend.set(self.ticket, key, value).await)
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
         self.check_key(&key)?;
         let store = self.store(&bucket)?;
-        store.record(store.backend.delete_many(vec![key]).await)
+        store.record(store.backend.delete_many(self.ticket, vec![key]).await)
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
         let store = self.store(&bucket)?;
-        store.record(store.backend.exists(key).await)
+        store.record(store.backend.exists(self.ticket, key).await)
     }
 
     async fn list_keys(
@@ -401,9 +530,11 @@ impl store::HostBucket for KeyValue<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
-        let page = self.stores.limits.max_batch;
         let store = self.store(&bucket)?;
-        let (keys, cursor) = store.record(store.backend.list_keys(cursor, page).await)?;
+        let listed = store
+            .backend
+            .list_keys(self.ticket, cursor, &self.stores.limits);
+        let (keys, cursor) = store.record(listed.await)?;
         Ok(store::KeyResponse { keys, cursor })
     }
 
@@ -422,7 +553,7 @@ impl atomics::Host for KeyValue<'_> {
     ) -> Result<u64, KvError> {
         self.check_key(&key)?;
         let store = self.store(&bucket)?;
-        store.record(store.backend.increment(key, delta).await)
+        store.record(store.backend.increment(self.ticket, key, delta).await)
     }
 }
 
@@ -435,11 +566,15 @@ impl batch::Host for KeyValue<'_> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let store = self.store(&bucket)?;
-        let values = store.record(store.backend.get_many(keys.clone()).await)?;
-        keys.into_iter()
+        let values = store
+            .backend
+            .get_many(self.ticket, keys.clone(), &self.stores.limits);
+        let values = store.record(values.await)?;
+        Ok(keys
+            .into_iter()
             .zip(values)
-            .map(|(key, value)| Ok(self.check_read(value)?.map(|value| (key, value))))
-            .collect()
+            .map(|(key, value)| value.map(|value| (key, value)))
+            .collect())
     }
 
     async fn set_many(
@@ -453,7 +588,7 @@ impl batch::Host for KeyValue<'_> {
             self.check_value(value)?;
         }
         let store = self.store(&bucket)?;
-        store.record(store.backend.set_many(key_values).await)
+        store.record(store.backend.set_many(self.ticket, key_values).await)
     }
 
     async fn delete_many(
@@ -464,7 +599,7 @@ impl batch::Host for KeyValue<'_> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let store = self.store(&bucket)?;
-        store.record(store.backend.delete_many(keys).await)
+        store.record(store.backend.delete_many(self.ticket, keys).await)
     }
 }
 

@@ -58,16 +58,31 @@ impl Redis {
         self.manager.clone()
     }
 
-    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, Failure> {
-        self.conn().get(key).await.map_err(failure)
+    /// `GET`, in a script that checks the value's size (`STRLEN`) inside
+    /// Redis first, so a value over `max_value` never crosses the network.
+    pub async fn get(&self, key: String, max_value: usize) -> Result<Option<Vec<u8>>, Failure> {
+        let mut values = self.get_many(vec![key], max_value, max_value).await?;
+        Ok(values.pop().flatten())
     }
 
-    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+    /// `GET` of each key, in one script that refuses the call when a value
+    /// is over `max_value` or all of them together over `max_total`, before
+    /// any of them is sent.
+    pub async fn get_many(
+        &self,
+        keys: Vec<String>,
+        max_value: usize,
+        max_total: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, Failure> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        redis::cmd("MGET")
+        redis::cmd("EVAL")
+            .arg(GET_BOUNDED)
+            .arg(keys.len())
             .arg(&keys)
+            .arg(max_value)
+            .arg(max_total)
             .query_async(&mut self.conn())
             .await
             .map_err(failure)
@@ -96,16 +111,21 @@ impl Redis {
         self.conn().exists(key).await.map_err(failure)
     }
 
-    /// `SCAN`: Redis's own cursor is the guest's cursor; 0 means done.
+    /// `SCAN`: Redis's own cursor is the guest's cursor; 0 means done. Run
+    /// in a script that refuses a page holding a key over `max_key` before
+    /// it is sent.
     pub async fn list_keys(
         &self,
         cursor: Option<u64>,
         page: usize,
+        max_key: usize,
     ) -> Result<(Vec<String>, Option<u64>), Failure> {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, keys): (u64, Vec<String>) = redis::cmd("EVAL")
+            .arg(SCAN_BOUNDED)
+            .arg(0)
             .arg(cursor.unwrap_or(0))
-            .arg("COUNT")
             .arg(page)
+            .arg(max_key)
             .query_async(&mut self.conn())
             .await
             .map_err(failure)?;
@@ -121,6 +141,37 @@ impl Redis {
             .map_err(|_| Failure::Refused(format!("the value at `{key}` is negative: {value}")))
     }
 }
+
+/// `GET` of every key in `KEYS`, refused with an error reply naming the
+/// size when a value is over `ARGV[1]` bytes or all together over
+/// `ARGV[2]`. A missing key is `false`, which Redis sends as nil.
+const GET_BOUNDED: &str = r"
+local total = 0
+for _, key in ipairs(KEYS) do
+  local size = redis.call('STRLEN', key)
+  total = total + size
+  if size > tonumber(ARGV[1]) or total > tonumber(ARGV[2]) then
+    return redis.error_reply('TOOBIG the value at ' .. key .. ' (' .. size .. ' bytes) is over the ' .. ARGV[1] .. ' bytes a value may have, or the ' .. ARGV[2] .. ' of one call')
+  end
+end
+local values = {}
+for i, key in ipairs(KEYS) do
+  values[i] = redis.call('GET', key)
+end
+return values
+";
+
+/// `SCAN ARGV[1] COUNT ARGV[2]`, refused with an error reply when a key is
+/// longer than `ARGV[3]` bytes.
+const SCAN_BOUNDED: &str = r"
+local page = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
+for _, key in ipairs(page[2]) do
+  if #key > tonumber(ARGV[3]) then
+    return redis.error_reply('TOOBIG a key of ' .. #key .. ' bytes is over the ' .. ARGV[3] .. ' bytes a key may have')
+  end
+end
+return page
+";
 
 /// Connection trouble is an outage; an error Redis answered with (a value
 /// that is not a number, say) is the call's own.

@@ -10,6 +10,8 @@
 //! | `/count` | increments `counter` in STORE by one and answers the new value |
 //! | `/get?key=K` | K's value in STORE, or 404 |
 //! | `POST /set?key=K` | stores the request body at K in STORE |
+//! | `/get-many?keys=K1,K2,...` | the values found at those keys in STORE, in one batch call, each as `K=LEN` on a line |
+//! | `/list` | the first page of STORE's keys (`list-keys`), one per line |
 //! | `/set-many?keys=N` | stores `v` at N keys `k0`..`kN-1` in STORE in one batch call |
 //! | `/leak?buckets=N` | opens STORE N times without ever closing it, then answers how many opened |
 //!
@@ -76,6 +78,30 @@ impl Guest for StateGuest {
                         .map(|()| b"stored".to_vec()),
                 )
             }
+            "/get-many" => {
+                let keys: Vec<String> = param("keys").split(',').map(str::to_string).collect();
+                answer(
+                    store::open(&store_name)
+                        .and_then(|bucket| batch::get_many(&bucket, &keys))
+                        .map(|found| {
+                            let lines: String = found
+                                .into_iter()
+                                .flatten()
+                                .map(|(key, value)| format!("{key}={}\n", value.len()))
+                                .collect();
+                            lines.into_bytes()
+                        }),
+                )
+            }
+            "/list" => answer(
+                store::open(&store_name)
+                    .and_then(|bucket| bucket.list_keys(None))
+                    .map(|page| {
+                        let lines: String =
+                            page.keys.iter().map(|key| format!("{key}\n")).collect();
+                        lines.into_bytes()
+                    }),
+            ),
             "/set-many" => {
                 let n: usize = param("keys").parse().unwrap_or(0);
                 let pairs: Vec<(String, Vec<u8>)> =

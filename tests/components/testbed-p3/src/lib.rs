@@ -20,6 +20,7 @@
 //! | `/request` | describes the request as the guest sees it |
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, and one to stderr |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
+//! | `/after?status=S&ms=M&token=T` | answers S with `done\n` and a `content-length`, finishes the body, then M ms later prints `after from T` to stdout |
 //! | `/config?key=K` | answers with K's value from `wasi:config/store` (a 0.2 interface, which 0.3 components import as is), or 404 and `none` |
 //! | anything else | `testbed\n` |
 
@@ -197,6 +198,43 @@ impl wasip3::exports::http::handler::Guest for Testbed {
                     Ok(None) => Ok(respond(404, b"none".to_vec())),
                     Err(err) => Ok(respond(500, format!("{err:?}").into_bytes())),
                 }
+            }
+            "/after" => {
+                let status: u16 = query_param(&query, "status").unwrap_or(200);
+                let ms: u64 = query_param(&query, "ms").unwrap_or(200);
+                let token: String = query_param(&query, "token").unwrap_or_default();
+                // 204 and 304 have no body; every other status says how long
+                // its body is, so the client knows it is complete at once.
+                let body: &[u8] = if matches!(status, 204 | 304) {
+                    b""
+                } else {
+                    b"done\n"
+                };
+                let mut headers = vec![("content-type".to_string(), b"text/plain".to_vec())];
+                if !body.is_empty() {
+                    headers.push((
+                        "content-length".to_string(),
+                        body.len().to_string().into_bytes(),
+                    ));
+                }
+                let (mut writer, contents) = wit_stream::new();
+                let (trailers, no_trailers) = wit_future::new(|| Ok(None));
+                drop(trailers);
+                let (response, _sent) = Response::new(
+                    Fields::from_list(&headers).expect("static headers are valid"),
+                    Some(contents),
+                    no_trailers,
+                );
+                response.set_status_code(status).expect("a valid status");
+                let body = body.to_vec();
+                wit_bindgen::spawn(async move {
+                    writer.write_all(body).await;
+                    drop(writer);
+                    // Work after the answer: analytics, an audit line.
+                    monotonic_clock::wait_for(ms * 1_000_000).await;
+                    print(Output::Stdout, format!("after from {token}\n")).await;
+                });
+                Ok(response)
             }
             _ => Ok(respond(200, b"testbed\n".to_vec())),
         }

@@ -25,6 +25,7 @@
 //! | `/print?token=T&lines=N` | prints N lines naming T to stdout, each in two writes, and one to stderr |
 //! | `/print-control` | prints a line holding a terminal escape and a carriage return that tries to start a forged log line |
 //! | `/env?name=KEY` | answers with the guest's `KEY`, or 404 if unset |
+//! | `/after?status=S&ms=M&token=T` | answers S with `done\n` and a `content-length`, finishes the body, then M ms later prints `after from T` to stdout |
 //! | anything else | `testbed\n` |
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -199,6 +200,38 @@ impl Guest for Testbed {
                     Ok(body) => respond(response_out, &body),
                     Err(err) => respond_with(response_out, 502, format!("{err}\n").as_bytes()),
                 }
+            }
+            "/after" => {
+                let status: u16 = query_param(query, "status").unwrap_or(200);
+                let ms: u64 = query_param(query, "ms").unwrap_or(200);
+                let token: String = query_param(query, "token").unwrap_or_default();
+                // 204 and 304 have no body; every other status says how long
+                // its body is, so the client knows it is complete at once.
+                let body: &[u8] = if matches!(status, 204 | 304) {
+                    b""
+                } else {
+                    b"done\n"
+                };
+                let mut headers = vec![("content-type".to_string(), b"text/plain".to_vec())];
+                if !body.is_empty() {
+                    headers.push((
+                        "content-length".to_string(),
+                        body.len().to_string().into_bytes(),
+                    ));
+                }
+                let response = OutgoingResponse::new(
+                    Fields::from_list(&headers).expect("static headers are valid"),
+                );
+                response.set_status_code(status).expect("valid status");
+                let out = response.body().expect("body is taken once");
+                ResponseOutparam::set(response_out, Ok(response));
+                let stream = out.write().expect("stream is taken once");
+                write_all(&stream, body);
+                drop(stream);
+                OutgoingBody::finish(out, None).expect("finishing the body");
+                // Work after the answer: analytics, an audit line.
+                wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                println!("after from {token}");
             }
             _ => respond(response_out, b"testbed\n"),
         }

@@ -1,0 +1,320 @@
+//! Key-value stores that misbehave, or that someone else writes to: a
+//! SQLite file another process has locked, values and keys planted by
+//! others that are larger than a guest may take, and the default store of
+//! two applications. Whatever the store does, the server stays up, keeps its
+//! threads and memory, and never commits a write its client was told failed.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{Conn, Redis, Server, get, temp_dir};
+use hyper::StatusCode;
+
+const GUEST: &str = "state-guest";
+
+/// A Python process that holds the write lock of the SQLite file at `path`
+/// (`BEGIN IMMEDIATE`, never committed) until it is dropped.
+struct LockHolder(Child);
+
+impl LockHolder {
+    fn lock(path: &std::path::Path) -> LockHolder {
+        let script = "import sqlite3, sys, time\n\
+                      c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                      c.execute('BEGIN IMMEDIATE')\n\
+                      print('locked', flush=True)\n\
+                      time.sleep(600)\n";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        LockHolder(child)
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `sql` on the SQLite file at `path` with Python's sqlite3, as another
+/// program on the machine would, and returns the first column of its rows.
+fn sqlite(path: &std::path::Path, sql: &str) -> String {
+    let script = "import sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                  for row in c.execute(sys.argv[2]): print(row[0])\n";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .arg(sql)
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "{sql}: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Another process holds the SQLite file's write lock while 40 clients each
+/// store 256 KiB with a 2 s deadline. Every one is answered by its
+/// deadline (504, or 503 when the store gave up first), other routes are
+/// answered at once throughout, the server's threads stay as they were, and
+/// once the lock is released none of the writes shows up: a client told its
+/// write failed never finds it committed. The store then works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_sqlite_file_commits_nothing_behind_the_clients_back() {
+    let dir = temp_dir("sqlite-locked");
+    let path = dir.join("kv.sqlite3");
+    let url = format!("sqlite:{}", path.display());
+    let server = Server::start(GUEST, &["--keyvalue", &url, "--request-timeout", "2s"]);
+    assert_eq!(get(server.addr, "/count").await.text(), "1");
+    let threads = server.threads();
+
+    let lock = LockHolder::lock(&path);
+    let body = "x".repeat(256 << 10);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..40)
+        .map(|n| {
+            let (addr, body) = (server.addr, body.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::http1(addr).await;
+                let reply = conn.send("POST", &format!("/set?key=k{n}"), &body).await;
+                (reply.status, reply.text().to_string())
+            })
+        })
+        .collect();
+    // Other routes do not wait for the store.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    assert_eq!(
+        get(server.addr, "/config?key=x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    let most_threads = server.threads();
+    for writer in writers {
+        let (status, text) = writer.await.unwrap();
+        assert!(
+            status == StatusCode::GATEWAY_TIMEOUT || status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status}: {text}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        most_threads <= threads + 1,
+        "{threads} threads before, {most_threads} while the lock was held"
+    );
+    drop(lock);
+    // Give anything still in flight the time to land, were it going to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sqlite(&path, "SELECT count(*) FROM kv WHERE key LIKE 'k%'"),
+        "0",
+        "writes answered as failed were committed"
+    );
+    assert_eq!(server.threads(), threads);
+    let mut conn = Conn::http1(server.addr).await;
+    assert_eq!(
+        conn.send("POST", "/set?key=after", "v").await.text(),
+        "stored"
+    );
+    assert_eq!(get(server.addr, "/get?key=after").await.text(), "v");
+}
+
+/// SIGTERM while a write waits for a lock another process holds: the server
+/// exits within `--shutdown-timeout`, whatever the store does, and the write
+/// is not committed.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_locked_store() {
+    let dir = temp_dir("sqlite-shutdown");
+    let path = dir.join("kv.sqlite3");
+    let url = format!("sqlite:{}", path.display());
+    let mut server = Server::start(
+        GUEST,
+        &[
+            "--keyvalue",
+            &url,
+            "--request-timeout",
+            "60s",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(get(server.addr, "/count").await.text(), "1");
+    let lock = LockHolder::lock(&path);
+    let addr = server.addr;
+    let writer = tokio::spawn(async move {
+        Conn::http1(addr)
+            .await
+            .try_send("POST", "/set?key=late", "v")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    server.terminate();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait();
+        (status, server)
+    })
+    .await
+    .unwrap()
+    .0;
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(4), "exited after {took:?}");
+    assert!(writer.await.unwrap().is_err(), "the write was answered");
+    drop(lock);
+    assert_eq!(
+        sqlite(&path, "SELECT count(*) FROM kv WHERE key = 'late'"),
+        "0"
+    );
+}
+
+/// Sets `count` values of `mib` MiB each, named `{prefix}0`.. in the Redis
+/// at `redis`, made inside Redis so they never cross the network here.
+fn plant_in_redis(redis: &Redis, prefix: &str, count: usize, mib: usize) {
+    for n in 0..count {
+        redis.cli(&[
+            "EVAL",
+            "redis.call('SET', KEYS[1], string.rep('x', tonumber(ARGV[1])))",
+            "1",
+            &format!("{prefix}{n}"),
+            &(mib << 20).to_string(),
+        ]);
+    }
+}
+
+/// Values larger than a guest may take, planted by someone else in a
+/// shared Redis and SQLite file: `get` and `get-many` of them are refused
+/// with an error that gives the size, eight at once, without the server
+/// ever holding them (its peak memory stays far below one value), and a
+/// key too long to take makes `list-keys` fail the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_values_planted_by_others_are_refused_unread() {
+    let redis = Redis::start();
+    plant_in_redis(&redis, "big", 8, 16);
+    let dir = temp_dir("planted");
+    let path = dir.join("kv.sqlite3");
+    let sqlite_url = format!("local=sqlite:{}", path.display());
+    let server = Server::start(
+        GUEST,
+        &["--keyvalue", &redis.url(), "--keyvalue", &sqlite_url],
+    );
+    // The SQLite file and its table, made by the server, then filled by
+    // someone else.
+    assert_eq!(get(server.addr, "/count?store=local").await.text(), "1");
+    sqlite(
+        &path,
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 7) \
+         INSERT INTO kv (key, value) SELECT 'big' || i, zeroblob(16 * 1024 * 1024) FROM n",
+    );
+    let before = server.rss_kib();
+    server.reset_peak_rss();
+
+    let mut readers = Vec::new();
+    for n in 0..8 {
+        for path in [
+            format!("/get?key=big{n}"),
+            format!("/get?key=big{n}&store=local"),
+            "/get-many?keys=big0,big1,big2,big3,big4,big5,big6,big7".to_string(),
+            "/get-many?keys=big0,big1,big2,big3,big4,big5,big6,big7&store=local".to_string(),
+        ] {
+            let addr = server.addr;
+            readers.push(tokio::spawn(async move { (get(addr, &path).await, path) }));
+        }
+    }
+    for reader in readers {
+        let (reply, path) = reader.await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            reply.text()
+        );
+        assert!(
+            reply.text().contains("16777216"),
+            "{path}: {}",
+            reply.text()
+        );
+    }
+    let peak = server.peak_rss_kib();
+    assert!(
+        peak < before + 32 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before the reads"
+    );
+
+    // A small value beside them is read as ever.
+    redis.cli(&["SET", "small", "ok"]);
+    assert_eq!(get(server.addr, "/get?key=small").await.text(), "ok");
+    // A key over --keyvalue-max-key (1 KiB) fails the page that holds it.
+    redis.cli(&["FLUSHALL"]);
+    redis.cli(&["SET", &"k".repeat(2048), "v"]);
+    let reply = get(server.addr, "/list").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("2048"), "{}", reply.text());
+    sqlite(&path, "DELETE FROM kv");
+    sqlite(
+        &path,
+        &format!("INSERT INTO kv VALUES ('{}', 'v')", "k".repeat(2048)),
+    );
+    let reply = get(server.addr, "/list?store=local").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("2048"), "{}", reply.text());
+}
+
+/// The default store belongs to the application: two servers with the
+/// same data directory, serving different component files, do not see each
+/// other's keys; the same file served again does.
+#[tokio::test]
+async fn applications_do_not_share_the_default_store() {
+    let dir = temp_dir("default-scope");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let (a, b) = (dir.join("a.wasm"), dir.join("b.wasm"));
+    for copy in [&a, &b] {
+        std::fs::copy(e2e::component(GUEST), copy).unwrap();
+    }
+    let env = [("XDG_DATA_HOME", data)];
+    let first = Server::start_path(&a, &[], &env);
+    let mut conn = Conn::http1(first.addr).await;
+    assert_eq!(
+        conn.send("POST", "/set?key=secret", "a's").await.text(),
+        "stored"
+    );
+    let other = Server::start_path(&b, &[], &env);
+    let reply = get(other.addr, "/get?key=secret").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    drop(first);
+    let again = Server::start_path(&a, &[], &env);
+    assert_eq!(get(again.addr, "/get?key=secret").await.text(), "a's");
+    assert!(
+        again.log().contains(&format!("{data}/wasi-http-server/")),
+        "the startup log names where the store is:\n{}",
+        again.log()
+    );
+}
