@@ -318,3 +318,41 @@ async fn applications_do_not_share_the_default_store() {
         again.log()
     );
 }
+
+/// A Redis password given in `--keyvalue` appears in no log line, text or
+/// JSON, neither when the store works nor when the password is wrong (the
+/// errors name the store with its password masked), and not in what the
+/// guest is told.
+#[tokio::test]
+async fn redis_passwords_stay_out_of_the_logs() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]);
+    let right = format!("cache=redis://:s3cret@127.0.0.1:{}/", redis.port());
+    let wrong = format!("wrong=redis://:n0tright@127.0.0.1:{}/", redis.port());
+    for format in ["text", "json"] {
+        let args = [
+            "--keyvalue",
+            &right,
+            "--keyvalue",
+            &wrong,
+            "--log-format",
+            format,
+        ];
+        let server = Server::start(GUEST, &args);
+        let reply = get(server.addr, "/count?store=cache").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let reply = get(server.addr, "/count?store=wrong").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        server.wait_for_log("key-value store unavailable").await;
+        let log = server.log();
+        for secret in ["s3cret", "n0tright"] {
+            assert!(!log.contains(secret), "{format} log:\n{log}");
+            assert!(!reply.text().contains(secret), "{}", reply.text());
+        }
+        assert!(log.contains(":***@127.0.0.1"), "{format} log:\n{log}");
+    }
+}

@@ -572,16 +572,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub struct Redis {
     port: u16,
     child: Option<Child>,
+    /// Settings beyond the port and persistence, as `--name value` pairs.
+    settings: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// [`Redis::start`] with more settings (`["--requirepass", "pw"]`).
+    pub fn start_with(settings: &[&str]) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Redis { port, child: None };
+        let mut redis = Redis {
+            port,
+            child: None,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+        };
         redis.restart();
         redis
     }
@@ -592,6 +603,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -620,6 +632,10 @@ impl Redis {
         let pid = self.child.as_ref().expect("running").id();
         // SAFETY: kill has no memory-safety preconditions.
         assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {

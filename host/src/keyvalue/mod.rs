@@ -45,14 +45,24 @@ mod bindings {
 
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
-/// Where a store keeps its data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a store keeps its data. (Its `Debug` shows a Redis URL without
+/// its password.)
+#[derive(Clone, PartialEq, Eq)]
 pub enum Url {
     /// `sqlite:PATH`: a file on this machine, which several server processes
     /// may share.
     Sqlite(PathBuf),
     /// `redis://HOST:PORT[/DB]`: shared by servers on many machines.
     Redis(String),
+}
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Url::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Url::Redis(url) => f.debug_tuple("Redis").field(&redis::redacted(url)).finish(),
+        }
+    }
 }
 
 impl std::str::FromStr for Url {
@@ -67,11 +77,13 @@ impl std::str::FromStr for Url {
         }
         if url.starts_with("redis://") {
             // Checked here, so that a typo stops the server at startup.
-            ::redis::Client::open(url).map_err(|err| format!("`{url}`: {err}"))?;
+            ::redis::Client::open(url)
+                .map_err(|err| format!("`{}`: {err}", redis::redacted(url)))?;
             return Ok(Url::Redis(url.to_string()));
         }
         Err(format!(
-            "`{url}` is neither `sqlite:PATH` nor `redis://HOST:PORT[/DB]`"
+            "`{}` is neither `sqlite:PATH` nor `redis://HOST:PORT[/DB]`",
+            redis::redacted(url)
         ))
     }
 }

@@ -29,6 +29,7 @@ const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
 pub struct Redis {
+    /// The URL as logs show it: without its password.
     url: String,
     manager: ConnectionManager,
 }
@@ -36,16 +37,17 @@ pub struct Redis {
 impl Redis {
     /// Prepares the connection; nothing is sent until a guest uses the store.
     pub fn new(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|err| format!("`{url}`: {err}"))?;
+        let shown = redacted(url);
+        let client = redis::Client::open(url).map_err(|err| format!("`{shown}`: {err}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(RECONNECT_MAX_DELAY);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| format!("`{url}`: {err}"))?;
+            .map_err(|err| format!("`{shown}`: {err}"))?;
         Ok(Self {
-            url: url.to_string(),
+            url: shown,
             manager,
         })
     }
@@ -142,6 +144,22 @@ impl Redis {
     }
 }
 
+/// `url` with its password, if it has one, replaced by `***`, for logs and
+/// errors: `redis://user:secret@host/` becomes `redis://user:***@host/`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// `GET` of every key in `KEYS`, refused with an error reply naming the
 /// size when a value is over `ARGV[1]` bytes or all together over
 /// `ARGV[2]`. A missing key is `false`, which Redis sends as nil.
@@ -185,5 +203,23 @@ fn failure(err: RedisError) -> Failure {
         Failure::Down(err.to_string())
     } else {
         Failure::Refused(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    /// Passwords never reach a log line; everything else of the URL does.
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://:s3cret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://me:s3:cr@t@host/"), "redis://me:***@host/");
+        assert_eq!(redacted("redis://me@host/"), "redis://me@host/");
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redacted("redis://host/a@b"), "redis://host/a@b");
     }
 }
