@@ -165,3 +165,46 @@ async fn admin_connections_are_capped_and_timed_out() {
         assert_eq!(client.read_to_close().await, "");
     }
 }
+
+/// During a drain (SIGTERM with a request in flight) the admin endpoint
+/// still answers, for one process and for `--processes`: `/healthz` with
+/// 503 `draining`, so a load balancer stops sending new requests, and
+/// `/metrics` with the counts, until the request has finished and the
+/// server exits.
+#[tokio::test]
+async fn the_admin_endpoint_answers_through_a_drain() {
+    for processes in ["1", "2"] {
+        let mut server = Server::start(
+            "testbed",
+            &["--processes", processes, "--admin-addr", "127.0.0.1:0"],
+        );
+        let admin = server.admin.unwrap();
+        assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+        let mut conn = e2e::Conn::http1(server.addr).await;
+        let in_flight = tokio::spawn(async move { conn.send("GET", "/sleep?ms=2000", "").await });
+        server.wait_for_log("sleep: start 2000 ms").await;
+        server.terminate();
+        server.wait_for_log("SIGTERM received").await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let health = get(admin, "/healthz").await;
+        assert_eq!(
+            health.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{processes}"
+        );
+        assert!(health.text().starts_with("draining"), "{}", health.text());
+        let reply = get(admin, "/metrics").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{processes}: {}",
+            reply.text()
+        );
+        assert!(
+            !in_flight.is_finished(),
+            "{processes}: the drain ended early"
+        );
+        assert_eq!(in_flight.await.unwrap().text(), "slept 2000 ms\n");
+        assert!(server.wait().success());
+    }
+}

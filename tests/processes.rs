@@ -374,3 +374,59 @@ fn a_limit_too_small_to_split_is_refused() {
         failed.stderr
     );
 }
+
+/// The admin endpoint tells the truth while processes die: with one of two
+/// down `/metrics` still answers, with the live one's counts and
+/// `serving_processes_up 1`, and `/healthz` is ok; with both down (their
+/// component replaced by garbage, so they cannot start again) `/healthz`
+/// answers 503, so a load balancer stops sending traffic.
+#[tokio::test]
+async fn health_and_metrics_with_serving_processes_down() {
+    let dir = e2e::temp_dir("processes-down");
+    let path = dir.join("hello.wasm");
+    std::fs::copy(component("hello"), &path).unwrap();
+    let server = Server::start_path(
+        &path,
+        &["--processes", "2", "--admin-addr", "127.0.0.1:0"],
+        &[],
+    );
+    let admin = server.admin.unwrap();
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    let processes = serving_processes(&server);
+    assert_eq!(processes.len(), 2);
+    std::fs::write(&path, b"not a component").unwrap();
+
+    kill("KILL", processes[0]);
+    server.wait_for_log("serving process 0 exited").await;
+    let metrics = get(admin, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
+    assert!(
+        metrics
+            .text()
+            .contains("\nwasi_http_server_serving_processes_up 1\n"),
+        "{}",
+        metrics.text()
+    );
+    requests_2xx(metrics.text());
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+
+    kill("KILL", processes[1]);
+    server.wait_for_log("serving process 1 exited").await;
+    let health = get(admin, "/healthz").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.text(), "no serving process is up\n");
+    let metrics = get(admin, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
+    assert!(
+        metrics
+            .text()
+            .ends_with("\nwasi_http_server_serving_processes_up 0\n# EOF\n"),
+        "{}",
+        metrics.text()
+    );
+    // The supervisor keeps trying; once the component is whole again, a
+    // process serves and the server is healthy.
+    std::fs::copy(component("hello"), &path).unwrap();
+    server.wait_for_log("is serving again").await;
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+}

@@ -1,9 +1,17 @@
 //! The admin endpoint (`--admin-addr`): `/healthz` and `/metrics` on a
-//! listener of their own, so they never shadow a path of the guest's.
+//! listener of their own, so they never shadow a path of the guest's, served
+//! by a thread of their own, so they answer until the process exits: while
+//! it drains, and whatever the serving threads are doing.
+//!
+//! `/healthz` answers 200 `ok` while the server takes new requests, and 503
+//! with the reason while it does not: it is draining (SIGTERM), or, with
+//! `--processes`, no serving process is up. A load balancer polling it stops
+//! sending traffic exactly then.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,12 +36,54 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// reconnect cheaply, and a connection cannot be held for ever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Serves the admin endpoint on `listener` for as long as the task runs. It
-/// is bound after the component compiled and instantiated, so `/healthz`
-/// answering means the server is ready. At most
-/// [`ADMIN_CONNECTIONS`] connections at once, so a flood of them cannot use
-/// up the descriptors client connections need.
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+/// Pause after a failed `accept` (out of descriptors) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Set once the server has stopped taking new requests.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the server as draining: `/healthz` answers 503 from now on.
+pub fn set_draining() {
+    DRAINING.store(true, Ordering::Relaxed);
+}
+
+/// What the admin endpoint reports.
+pub struct Reports {
+    /// `/metrics`.
+    pub metrics: Metrics,
+    /// `/healthz`, beside draining: `Err` with the reason when nothing
+    /// serves.
+    pub serving: Serving,
+}
+
+/// Whether anything serves (see [`Reports::serving`]).
+pub type Serving = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves the admin endpoint on `listener`, on a thread of its own with its
+/// own event loop, until the process exits. It is bound after the component
+/// compiled and instantiated, so `/healthz` answering means the server is
+/// ready.
+pub fn spawn(listener: TcpListener, reports: Reports) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, Arc::new(reports)).await,
+                    Err(err) => warn!("admin endpoint: cannot listen: {err}"),
+                }
+            })
+        })?;
+    Ok(())
+}
+
+/// At most [`ADMIN_CONNECTIONS`] connections at once, so a flood of them
+/// cannot use up the descriptors client connections need.
+async fn serve(listener: TcpListener, reports: Arc<Reports>) {
     let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         let permit = connections
@@ -45,11 +95,11 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
             Ok((stream, _)) => stream,
             Err(err) => {
                 warn!("admin endpoint: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let reports = reports.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let connection = http1::Builder::new()
@@ -57,7 +107,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(
                     TokioIo::new(stream),
-                    service_fn(|request| answer(request, metrics.clone())),
+                    service_fn(|request| answer(request, reports.clone())),
                 );
             match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
                 Ok(Err(err)) => debug!("admin connection ended with an error: {err}"),
@@ -74,18 +124,36 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
 pub type Metrics =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
-/// This process's own metrics.
-pub fn own_metrics() -> Metrics {
-    Arc::new(|| Box::pin(std::future::ready(Ok(METRICS.encode()))))
+/// A process that serves itself: its own metrics, and it serves for as
+/// long as it runs.
+pub fn own_reports() -> Reports {
+    Reports {
+        metrics: Arc::new(|| Box::pin(std::future::ready(Ok(METRICS.encode())))),
+        serving: Arc::new(|| Ok(())),
+    }
 }
 
 async fn answer(
     request: Request<Incoming>,
-    metrics: Metrics,
+    reports: Arc<Reports>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-        "/metrics" => match metrics().await {
+        "/healthz" => {
+            let health = if DRAINING.load(Ordering::Relaxed) {
+                Err("draining: new requests are refused".to_string())
+            } else {
+                (reports.serving)()
+            };
+            match health {
+                Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{why}\n").into(),
+                ),
+            }
+        }
+        "/metrics" => match (reports.metrics)().await {
             Ok(text) => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
     println!("Server running at http://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);
-        runtime.spawn(admin::serve(admin, admin::own_metrics()));
+        admin::spawn(admin, admin::own_reports()).context("starting the admin endpoint")?;
     }
     // A serving process also stops when its supervisor is gone.
     let orphaned = match cli.serving_process_on {
@@ -255,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
             () = orphaned => info!("the supervisor is gone: shutting down"),
         }
     });
+    admin::set_draining();
     workers.drain();
     Ok(())
 }
@@ -298,7 +299,7 @@ async fn supervise(cli: &Cli) -> Result<()> {
     println!("Server running at http://{addr}/");
     if let Some(admin) = admin {
         println!("Admin endpoint at http://{}/", admin.local_addr()?);
-        tokio::spawn(admin::serve(admin, processes.summed_metrics()));
+        admin::spawn(admin, processes.reports()).context("starting the admin endpoint")?;
     }
     processes.run(shutdown, hangup).await;
     Ok(())

@@ -197,6 +197,24 @@ pub fn sum(texts: &[String]) -> String {
     out
 }
 
+/// `summed` (OpenMetrics text, or nothing) with the gauge
+/// `wasi_http_server_serving_processes_up` set to `up`, before its `# EOF`.
+pub fn with_processes_up(summed: String, up: usize) -> String {
+    let mut text = summed;
+    if let Some(end) = text.rfind("# EOF") {
+        text.truncate(end);
+    }
+    text.push_str(
+        "# HELP wasi_http_server_serving_processes_up Serving processes (--processes) \
+         whose metrics are in this sum.\n\
+         # TYPE wasi_http_server_serving_processes_up gauge\n",
+    );
+    text.push_str(&format!(
+        "wasi_http_server_serving_processes_up {up}\n# EOF\n"
+    ));
+    text
+}
+
 /// Adds sample values: as integers when they all are (counts stay exact),
 /// else as floats.
 fn add(values: &[&str]) -> String {

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -95,6 +96,8 @@ pub fn answer_supervisor() -> Pin<Box<dyn Future<Output = ()> + Send>> {
 /// The serving processes, once each has said it is ready.
 pub struct Processes {
     links: Arc<[Mutex<Option<Link>>]>,
+    /// Serving processes up now (started and not yet seen to exit).
+    up: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     hangups: watch::Sender<u64>,
     keepers: JoinSet<()>,
@@ -130,8 +133,10 @@ pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) ->
     let (stop, _) = watch::channel(false);
     let (hangups, _) = watch::channel(0);
     let links: Arc<[_]> = (0..count).map(|_| Mutex::new(None)).collect();
+    let up = Arc::new(AtomicUsize::new(0));
     let mut processes = Processes {
         links: links.clone(),
+        up: up.clone(),
         stop,
         hangups,
         keepers: JoinSet::new(),
@@ -146,6 +151,7 @@ pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) ->
                     index,
                     launcher: launcher.clone(),
                     links: links.clone(),
+                    up: up.clone(),
                     stop: processes.stop.subscribe(),
                     hangups: processes.hangups.subscribe(),
                     shutdown_timeout,
@@ -187,14 +193,21 @@ impl fmt::Display for NotReady {
 }
 
 impl Processes {
-    /// `/metrics` for the admin endpoint: the sum of every serving
-    /// process's metrics.
-    pub fn summed_metrics(&self) -> admin::Metrics {
-        let links = self.links.clone();
-        Arc::new(move || {
-            let links = links.clone();
-            Box::pin(async move { scrape(&links).await })
-        })
+    /// What the admin endpoint reports: `/metrics` sums the metrics of the
+    /// serving processes that answer, with how many do; `/healthz` fails
+    /// while none is up.
+    pub fn reports(&self) -> admin::Reports {
+        let (links, up) = (self.links.clone(), self.up.clone());
+        admin::Reports {
+            metrics: Arc::new(move || {
+                let links = links.clone();
+                Box::pin(async move { Ok(scrape(&links).await) })
+            }),
+            serving: Arc::new(move || match up.load(Ordering::Relaxed) {
+                0 => Err("no serving process is up".to_string()),
+                _ => Ok(()),
+            }),
+        }
     }
 
     /// Passes SIGHUP on until `shutdown` resolves, then stops the serving
@@ -211,6 +224,7 @@ impl Processes {
             }
         }
         info!("shutting down the serving processes");
+        admin::set_draining();
         self.stop().await;
     }
 
@@ -302,26 +316,24 @@ impl Link {
     }
 }
 
-/// Every serving process's metrics, summed; an error if one cannot answer
-/// (a partial sum would look like counters going backwards).
-async fn scrape(links: &[Mutex<Option<Link>>]) -> Result<String, String> {
+/// The metrics of every serving process that answers, summed, and how
+/// many answered (`serving_processes_up`). While a process is down its
+/// counts are missing from the sum, and the gauge says so: a scrape during
+/// an incident still shows everything the live processes know.
+async fn scrape(links: &[Mutex<Option<Link>>]) -> String {
     let mut texts = Vec::with_capacity(links.len());
     for (index, link) in links.iter().enumerate() {
         let mut link = link.lock().await;
         let Some(link) = link.as_mut() else {
-            return Err(format!("serving process {index} is starting"));
+            continue;
         };
         match tokio::time::timeout(SCRAPE_TIMEOUT, link.metrics()).await {
             Ok(Ok(text)) => texts.push(text),
-            Ok(Err(err)) => return Err(format!("serving process {index}: {err}")),
-            Err(_) => {
-                return Err(format!(
-                    "serving process {index} sent no metrics within {SCRAPE_TIMEOUT:?}"
-                ));
-            }
+            Ok(Err(err)) => warn!("serving process {index} sent no metrics: {err}"),
+            Err(_) => warn!("serving process {index} sent no metrics within {SCRAPE_TIMEOUT:?}"),
         }
     }
-    Ok(metrics::sum(&texts))
+    metrics::with_processes_up(metrics::sum(&texts), texts.len())
 }
 
 /// Keeps serving process `index` running: starts it, passes SIGHUP on,
@@ -330,6 +342,8 @@ struct Keeper {
     index: usize,
     launcher: Arc<Launcher>,
     links: Arc<[Mutex<Option<Link>>]>,
+    /// See [`Processes::up`].
+    up: Arc<AtomicUsize>,
     stop: watch::Receiver<bool>,
     hangups: watch::Receiver<u64>,
     shutdown_timeout: Duration,
@@ -350,6 +364,7 @@ impl Keeper {
             let mut child = match launched {
                 Ok((child, link)) => {
                     *self.links[index].lock().await = Some(link);
+                    self.up.fetch_add(1, Ordering::Relaxed);
                     child
                 }
                 Err(why) => {
@@ -377,11 +392,13 @@ impl Keeper {
                     _ = self.stop.changed() => {
                         self.terminate(child).await;
                         self.links[index].lock().await.take();
+                        self.up.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
                 }
             };
             self.links[index].lock().await.take();
+            self.up.fetch_sub(1, Ordering::Relaxed);
             // A Ctrl-C in a terminal reaches every process of the group at
             // once: a serving process may exit before this one is told to
             // stop. That is not a death to report.
