@@ -356,3 +356,118 @@ async fn redis_passwords_stay_out_of_the_logs() {
         assert!(log.contains(":***@127.0.0.1"), "{format} log:\n{log}");
     }
 }
+
+/// A TCP proxy on `127.0.0.1:0` to a local port, that can stop forwarding
+/// as a network that drops packets does: connections open while it is
+/// stopped stay open and forward nothing ever again (as after a failover,
+/// or a route that went away); new ones forward again once it is resumed.
+struct BlackHoleProxy {
+    port: u16,
+    black_hole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepter: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHoleProxy {
+    async fn start(target: u16) -> BlackHoleProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let black_hole = Arc::new(AtomicBool::new(false));
+        let hole = black_hole.clone();
+        let accepter = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let dead = Arc::new(AtomicBool::new(false));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                {
+                    let (hole, dead) = (hole.clone(), dead.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0; 64 << 10];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if hole.load(Ordering::SeqCst) {
+                                dead.store(true, Ordering::SeqCst);
+                            }
+                            if dead.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        BlackHoleProxy {
+            port,
+            black_hole,
+            accepter,
+        }
+    }
+
+    fn black_hole(&self, on: bool) {
+        self.black_hole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackHoleProxy {
+    fn drop(&mut self) {
+        self.accepter.abort();
+    }
+}
+
+/// Redis behind a network that starts dropping everything: calls fail
+/// within the response timeout instead of hanging, and once the network
+/// carries packets again (or Redis is reached anew after a failover) calls
+/// succeed within seconds, though the old connection never answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_redis_connection_is_replaced() {
+    let redis = Redis::start();
+    let proxy = BlackHoleProxy::start(redis.port()).await;
+    let url = format!("redis://127.0.0.1:{}/", proxy.port);
+    let server = Server::start(GUEST, &["--keyvalue", &url]);
+    assert_eq!(get(server.addr, "/count").await.text(), "1");
+
+    proxy.black_hole(true);
+    let asked = Instant::now();
+    let reply = get(server.addr, "/count").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "failed after {:?}",
+        asked.elapsed()
+    );
+
+    proxy.black_hole(false);
+    let resumed = Instant::now();
+    loop {
+        let reply = get(server.addr, "/count").await;
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(10),
+            "still failing {:?} after the network came back: {}",
+            resumed.elapsed(),
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -215,7 +215,7 @@ struct Store {
 
 enum Backend {
     Sqlite(sqlite::Sqlite),
-    Redis(redis::Redis),
+    Redis(Box<redis::Redis>),
 }
 
 /// Why a call to a store failed.
@@ -248,7 +248,7 @@ impl Stores {
             }
             let backend = match url {
                 Url::Sqlite(path) => Backend::Sqlite(sqlite::Sqlite::new(path.clone(), queue)?),
-                Url::Redis(url) => Backend::Redis(redis::Redis::new(url)?),
+                Url::Redis(url) => Backend::Redis(Box::new(redis::Redis::new(url)?)),
             };
             stores.push(Store {
                 name: name.clone(),

@@ -6,11 +6,24 @@
 //! itself on the next call, so a Redis restart needs nothing from us. While
 //! Redis is away, calls fail fast (connect and response timeouts below) and
 //! the guest gets an error.
+//!
+//! Every call runs on the store's own runtime (`keyvalue-io`), so the
+//! connection and its reconnections live there, never on whichever serving
+//! thread used it first. A connection that stops answering (a Redis that
+//! failed over, a network that drops its packets) is not waited on: a
+//! response that times out replaces the connection, and TCP keepalive and
+//! `TCP_USER_TIMEOUT` end one the kernel would otherwise retransmit on for
+//! a quarter of an hour.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, RedisError};
+use redis::io::tcp::TcpSettings;
+use redis::{FromRedisValue, IntoConnectionInfo, RedisError};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use super::Failure;
 
@@ -28,27 +41,60 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
+/// An idle connection is probed after this long, then every
+/// [`KEEPALIVE_INTERVAL`], and given up after [`KEEPALIVE_PROBES`]
+/// unanswered probes: a peer that vanished is noticed within half a minute,
+/// not the two hours of the kernel's default.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// How long data sent may go unacknowledged before the kernel ends the
+/// connection (`TCP_USER_TIMEOUT`), instead of retransmitting for ~15 min.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Redis {
     /// The URL as logs show it: without its password.
     url: String,
-    manager: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The connection now; replaced whole when it stops answering.
+    manager: ArcSwap<ConnectionManager>,
+    /// The store's runtime, where every call runs.
+    runtime: Handle,
 }
 
 impl Redis {
-    /// Prepares the connection; nothing is sent until a guest uses the store.
+    /// Prepares the connection on the current runtime, which becomes the
+    /// store's; nothing is sent until a guest uses the store.
     pub fn new(url: &str) -> Result<Self, String> {
         let shown = redacted(url);
-        let client = redis::Client::open(url).map_err(|err| format!("`{shown}`: {err}"))?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive)
+            .set_user_timeout(USER_TIMEOUT);
+        let info = url
+            .into_connection_info()
+            .map_err(|err| format!("`{shown}`: {err}"))?
+            .set_tcp_settings(tcp);
+        let client = redis::Client::open(info).map_err(|err| format!("`{shown}`: {err}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|err| format!("`{shown}`: {err}"))?;
         Ok(Self {
             url: shown,
-            manager,
+            client,
+            config,
+            manager: ArcSwap::from_pointee(manager),
+            runtime: Handle::current(),
         })
     }
 
@@ -56,8 +102,43 @@ impl Redis {
         &self.url
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.manager.clone()
+    /// Runs `command` on the store's runtime. A response that timed out
+    /// replaces the connection it was sent on: the next call connects anew.
+    async fn query<T: FromRedisValue + Send + 'static>(
+        &self,
+        command: redis::Cmd,
+    ) -> Result<T, Failure> {
+        let used = self.manager.load_full();
+        let mut conn = (*used).clone();
+        let call = self
+            .runtime
+            .spawn(async move { command.query_async::<T>(&mut conn).await });
+        let result = match AbortOnDrop(call).await {
+            Ok(result) => result,
+            Err(err) => return Err(Failure::Down(format!("the call failed: {err}"))),
+        };
+        if let Err(err) = &result
+            && err.is_timeout()
+        {
+            self.replace(&used);
+        }
+        result.map_err(failure)
+    }
+
+    /// Swaps in a new connection for `stale`, unless another call has.
+    fn replace(&self, stale: &Arc<ConnectionManager>) {
+        let _on_store_runtime = self.runtime.enter();
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            self.manager.rcu(|current| {
+                if Arc::ptr_eq(current, stale) {
+                    Arc::new(fresh.clone())
+                } else {
+                    current.clone()
+                }
+            });
+        }
     }
 
     /// `GET`, in a script that checks the value's size (`STRLEN`) inside
@@ -79,19 +160,15 @@ impl Redis {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        redis::cmd("EVAL")
-            .arg(GET_BOUNDED)
-            .arg(keys.len())
-            .arg(&keys)
-            .arg(max_value)
-            .arg(max_total)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(failure)
+        let mut command = redis::cmd("EVAL");
+        command.arg(GET_BOUNDED).arg(keys.len()).arg(&keys);
+        command.arg(max_value).arg(max_total);
+        self.query(command).await
     }
 
     pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), Failure> {
-        self.conn().set(key, value).await.map_err(failure)
+        self.query(redis::cmd("SET").arg(key).arg(value).clone())
+            .await
     }
 
     /// `MSET`: every pair at once, atomically.
@@ -99,18 +176,18 @@ impl Redis {
         if pairs.is_empty() {
             return Ok(());
         }
-        self.conn().mset(&pairs).await.map_err(failure)
+        self.query(redis::cmd("MSET").arg(&pairs).clone()).await
     }
 
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), Failure> {
         if keys.is_empty() {
             return Ok(());
         }
-        self.conn().del(keys).await.map_err(failure)
+        self.query(redis::cmd("DEL").arg(keys).clone()).await
     }
 
     pub async fn exists(&self, key: String) -> Result<bool, Failure> {
-        self.conn().exists(key).await.map_err(failure)
+        self.query(redis::cmd("EXISTS").arg(key).clone()).await
     }
 
     /// `SCAN`: Redis's own cursor is the guest's cursor; 0 means done. Run
@@ -122,15 +199,10 @@ impl Redis {
         page: usize,
         max_key: usize,
     ) -> Result<(Vec<String>, Option<u64>), Failure> {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("EVAL")
-            .arg(SCAN_BOUNDED)
-            .arg(0)
-            .arg(cursor.unwrap_or(0))
-            .arg(page)
-            .arg(max_key)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(failure)?;
+        let mut command = redis::cmd("EVAL");
+        command.arg(SCAN_BOUNDED).arg(0).arg(cursor.unwrap_or(0));
+        command.arg(page).arg(max_key);
+        let (next, keys): (u64, Vec<String>) = self.query(command).await?;
         Ok((keys, (next != 0).then_some(next)))
     }
 
@@ -138,7 +210,9 @@ impl Redis {
     pub async fn increment(&self, key: String, delta: u64) -> Result<u64, Failure> {
         let delta = i64::try_from(delta)
             .map_err(|_| Failure::Refused(format!("Redis increments by at most {}", i64::MAX)))?;
-        let value: i64 = self.conn().incr(&key, delta).await.map_err(failure)?;
+        let value: i64 = self
+            .query(redis::cmd("INCRBY").arg(&key).arg(delta).clone())
+            .await?;
         u64::try_from(value)
             .map_err(|_| Failure::Refused(format!("the value at `{key}` is negative: {value}")))
     }
@@ -190,6 +264,26 @@ for _, key in ipairs(page[2]) do
 end
 return page
 ";
+
+/// A call on the store's runtime, aborted if its request goes away.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Connection trouble is an outage; an error Redis answered with (a value
 /// that is not a number, say) is the call's own.
