@@ -125,3 +125,40 @@ fn a_cache_writable_by_others_is_refused() {
         &["--cache-dir", dir.to_str().unwrap()],
     ));
 }
+
+/// A cache directory reached through a symbolic link is refused, even one
+/// pointing at a private directory: whoever can change the link chooses
+/// the code the server runs. The same holds when the directory is swapped
+/// for a link after the server started: the next load (a reload) refuses
+/// it, and the component already loaded goes on serving.
+#[tokio::test]
+async fn a_symlinked_or_swapped_cache_is_refused() {
+    let dir = cache_dir("linked");
+    let real = dir.join("real");
+    let link = dir.join("link");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let hello = e2e::component("hello");
+    let outcome = e2e::run_to_exit(&[
+        hello.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--cache-dir",
+        link.to_str().unwrap(),
+    ]);
+    assert!(!outcome.status.success());
+    assert!(outcome.stdout.is_empty(), "it listened: {}", outcome.stdout);
+    assert!(
+        outcome.stderr.contains("symbolic link"),
+        "{}",
+        outcome.stderr
+    );
+
+    let cache = dir.join("cache");
+    let server = Server::start("hello", &["--cache-dir", cache.to_str().unwrap()]);
+    std::fs::rename(&cache, dir.join("moved")).unwrap();
+    std::os::unix::fs::symlink(&real, &cache).unwrap();
+    server.hangup();
+    server.wait_for_log("symbolic link").await;
+    e2e::assert_hello(&e2e::get(server.addr, "/").await);
+}

@@ -149,6 +149,8 @@ pub fn load(engines: &Engines, path: &Path, cache_dir: Option<&Path>) -> Result<
         bytesize::ByteSize(bytes.len() as u64)
     );
     let started = Instant::now();
+    let cache_dir = cache_dir.map(cache::CacheDir::open).transpose()?;
+    let cache_dir = cache_dir.as_ref();
     // A component that the WASI 0.2 engine cannot compile uses the async ABI
     // (or is broken): the 0.3 engine, which takes a superset, compiles it or
     // says what is wrong.
