@@ -87,3 +87,22 @@ async fn work_after_the_answer_is_never_cancelled() {
         }
     }
 }
+
+/// Work after the answer still ends at `--request-timeout`; the log says
+/// the guest ran past it after its response was complete, not that the
+/// response was cut off: its client had all of it.
+#[tokio::test]
+async fn work_past_the_deadline_after_the_answer_is_not_a_cut_off() {
+    for testbed in TESTBEDS {
+        let server = Server::start(testbed, &["--request-timeout", "1s"]);
+        let mut conn = Conn::http1(server.addr).await;
+        let reply = conn.send("GET", "/after?ms=3000&token=late", "").await;
+        assert_eq!(reply.text(), "done\n", "{testbed}");
+        server
+            .wait_for_log("the guest failed after its response was complete")
+            .await;
+        let log = server.log();
+        assert!(!log.contains("cut it off"), "{testbed}:\n{log}");
+        assert!(!log.contains("after from late"), "{testbed}:\n{log}");
+    }
+}

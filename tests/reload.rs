@@ -160,3 +160,42 @@ async fn reload_switches_between_wasi_02_and_03() {
         .await;
     assert_hello(&get(server.addr, "/").await);
 }
+
+/// SIGHUP while the component is still compiling (the Python guest, with
+/// no cache, takes seconds) does not end the process: it starts and serves.
+#[tokio::test]
+async fn sighup_while_compiling_is_harmless() {
+    let marker = format!("SIGHUP_MARKER_{}", std::process::id());
+    let env = format!("{marker}=1");
+    let sender = {
+        let marker = marker.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + e2e::STEP_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        let pid = entry.file_name().into_string().unwrap();
+                        let sent = std::process::Command::new("kill")
+                            .args(["-HUP", &pid])
+                            .status()
+                            .unwrap();
+                        return sent.success();
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            false
+        })
+    };
+    let server = Server::start("python-guest", &["--no-cache", "--env", &env]);
+    assert!(sender.join().unwrap(), "no SIGHUP was sent");
+    assert_eq!(get(server.addr, "/").await.status, hyper::StatusCode::OK);
+    let log = server.log();
+    let ready = log.find("ready in").expect("a ready line");
+    assert!(
+        log[..ready].contains("preparing"),
+        "the SIGHUP came after the compile:\n{log}"
+    );
+}

@@ -48,6 +48,10 @@ pub struct Shared {
     /// Set once the response head went to the client: a failure after that
     /// can only cut the body off, and is logged by whoever sees it first.
     head_sent: AtomicBool,
+    /// Set once the client has the whole response: a failure after that
+    /// (work after the answer, or a WASI 0.3 task running on) cost the
+    /// client nothing, and is logged as such.
+    body_complete: AtomicBool,
 }
 
 /// The origin of the stall timestamps.
@@ -67,6 +71,7 @@ impl Shared {
             busy_ns: AtomicU64::new(0),
             outcome: OnceLock::new(),
             head_sent: AtomicBool::new(false),
+            body_complete: AtomicBool::new(false),
         }
     }
 
@@ -101,7 +106,9 @@ impl Shared {
             } else {
                 METRICS.trap();
             }
-            if self.head_sent.load(Ordering::Acquire) {
+            if self.body_complete.load(Ordering::Acquire) {
+                warn!(%id, "the guest failed after its response was complete: {err:#}");
+            } else if self.head_sent.load(Ordering::Acquire) {
                 log_cut_off(id, err);
             }
         }
@@ -123,6 +130,11 @@ impl Shared {
     pub fn mark_head_sent(&self) -> Option<&wasmtime::Error> {
         self.head_sent.store(true, Ordering::Release);
         self.failure()
+    }
+
+    /// Marks the response as wholly with the client.
+    pub fn mark_body_complete(&self) {
+        self.body_complete.store(true, Ordering::Release);
     }
 
     pub fn busy(&self) -> Duration {

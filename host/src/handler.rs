@@ -112,6 +112,7 @@ impl Handler {
         let state = RequestState::new(&self.sandbox, id, deadline.into_std());
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(self.sandbox.host.hostcall_fuel());
         // At every epoch tick a running guest yields to the runtime, so other
         // requests share its thread and the request deadline fires even while
         // it spins. The closure captures nothing: boxing it does not allocate.

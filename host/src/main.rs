@@ -71,6 +71,13 @@ fn bytes(size: bytesize::ByteSize) -> usize {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // SIGHUP reloads, once the component has loaded and its handler is in
+    // place; until then (a large component compiles for seconds) one must
+    // not end the process, as its default action would. Serving processes
+    // inherit this across exec, for the same stretch of theirs.
+    // SAFETY: setting a signal's disposition to "ignore" has no
+    // preconditions; tokio's handler replaces it later.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     // The command line becomes each layer's settings here; nothing below
     // sees it. With --processes, the limits of the whole server are split.
     let slots = cli

@@ -109,6 +109,9 @@ impl Body for ResponseBody {
                 {
                     return Poll::Ready(Some(Err("the guest failed mid-response".into())));
                 }
+                if let Some(shared) = shared {
+                    shared.mark_body_complete();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
@@ -149,6 +152,7 @@ impl Drop for ResponseBody {
             // Its client has it all: nothing it does now waits on the client,
             // so it is no candidate for eviction.
             guest.shared().set_waiting_on_client(false);
+            guest.shared().mark_body_complete();
             guest.detach();
         }
     }

@@ -128,6 +128,15 @@ impl HostBudget {
         Ok(budget)
     }
 
+    /// What one call from the guest may make the host copy out of it
+    /// (wasmtime's "hostcall fuel", 128 MiB unless set): the largest call a
+    /// guest within its limits makes, a key-value batch or a resource entry,
+    /// so that a larger one traps before the host allocates it, not after.
+    pub fn hostcall_fuel(&self) -> usize {
+        self.keyvalue_call
+            .max(Self::largest_entry(self.fields_size))
+    }
+
     /// The bound this budget holds the host to, per instance.
     pub fn bound(&self) -> usize {
         self.resources * Self::largest_entry(self.fields_size) + self.fixed()
