@@ -114,9 +114,11 @@ pub struct Cli {
 
     /// Open client connections. Past it the server stops accepting until one
     /// closes (new clients wait in the kernel's backlog). By default as many
-    /// as the open file limit allows: the server raises its soft limit to the
-    /// hard limit at startup and keeps descriptors back for itself, the admin
-    /// endpoint and the guests' outbound requests (the log says the figure).
+    /// as the open file limit allows, up to 16,384: the server raises its soft
+    /// limit to the hard limit at startup and keeps descriptors back for
+    /// itself, the admin endpoint and the guests' outbound requests; the cap
+    /// bounds what idle connections hold (the log says the figure and that
+    /// memory).
     #[arg(long)]
     pub max_connections: Option<usize>,
 

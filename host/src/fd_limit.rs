@@ -12,6 +12,18 @@ use tracing::{info, warn};
 /// handling, the log writer, compile-cache and component files on reload.
 const RESERVED: u64 = 64;
 
+/// The most client connections the default `--max-connections` allows,
+/// whatever the open-file limit (over a million in many containers). Each
+/// idle HTTP/1.1 connection keeps about 33 KiB of the server's memory
+/// ([`IDLE_CONNECTION_KIB`]), so this bounds idle connections to about
+/// half a GiB per serving process; a server meant to hold more says so with
+/// `--max-connections`.
+const DEFAULT_CAP: usize = 16_384;
+
+/// Memory an idle HTTP/1.1 connection keeps, in KiB (hyper's buffers and
+/// the connection's task, measured in BENCHMARKS.md), for the startup log.
+const IDLE_CONNECTION_KIB: usize = 33;
+
 /// Connections the admin endpoint serves at once: a scraper and a health
 /// checker or two, with room to spare.
 pub const ADMIN_CONNECTIONS: usize = 16;
@@ -70,10 +82,11 @@ pub fn max_connections(requested: Option<usize>, outbound: usize) -> usize {
             requested
         }
         None => {
-            let derived = fits.max(1);
+            let derived = fits.clamp(1, DEFAULT_CAP);
             info!(
                 "serving up to {derived} connections at once (--max-connections, from the open \
-                 file limit of {soft})"
+                 file limit of {soft}, at most {DEFAULT_CAP}); idle, they may hold about {} MiB",
+                derived * IDLE_CONNECTION_KIB / 1024
             );
             derived
         }
