@@ -133,3 +133,25 @@ async fn nine_thousand_keep_alive_connections_at_once() {
         started.elapsed()
     );
 }
+
+/// The default `--max-connections` never exceeds 16,384 per process,
+/// however high the open-file limit, and the startup log says what idle
+/// connections may hold.
+#[tokio::test]
+async fn the_default_connection_cap_is_bounded() {
+    let server = Server::start("hello", &[]);
+    server.wait_for_log("serving up to").await;
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("serving up to"))
+        .unwrap();
+    let count: usize = line
+        .split("serving up to ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    assert!(count <= 16_384, "{line}");
+    assert!(line.contains("MiB"), "{line}");
+}

@@ -471,3 +471,35 @@ async fn a_black_holed_redis_connection_is_replaced() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A guest passing the host a 20 MiB value, far more than any call within
+/// its limits needs (a batch of the largest keys and values, 16 MiB by
+/// default): the call traps before the host copies it out of the guest,
+/// instead of the host taking all of it and then refusing it.
+#[tokio::test]
+async fn one_host_call_cannot_hand_the_host_more_than_the_budget() {
+    let dir = temp_dir("hostcall-fuel");
+    let url = format!("sqlite:{}", dir.join("kv.sqlite3").display());
+    let server = Server::start(GUEST, &["--keyvalue", &url, "--max-body", "32MiB"]);
+    let mut conn = Conn::http1(server.addr).await;
+    let reply = conn
+        .send("POST", "/set?key=huge", &"x".repeat(20 << 20))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.text()
+    );
+    server.wait_for_log("answered 500").await;
+    assert!(
+        server.log().to_lowercase().contains("fuel"),
+        "{}",
+        server.log()
+    );
+    // Within the limits, a value is stored as ever.
+    let reply = conn
+        .send("POST", "/set?key=fine", &"x".repeat(1 << 20))
+        .await;
+    assert_eq!(reply.text(), "stored");
+}

@@ -254,6 +254,7 @@ fn serve(path: &Path, calls: Receiver<(Arc<Ticket>, Job)>) {
                 Ok(opened) => conn = Some(opened),
                 Err(failure) => {
                     job(Err(failure));
+                    CURRENT.with_borrow_mut(|current| *current = None);
                     continue;
                 }
             }
