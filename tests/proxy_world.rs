@@ -4,9 +4,9 @@
 use e2e::component;
 use std::sync::Arc;
 
-use wasi_http_server::guest_output::RequestId;
-use wasi_http_server::keyvalue::Stores;
-use wasi_http_server::state::{HostBudget, RequestState, Sandbox};
+use wasi_http_server::guest::budget::HostBudget;
+use wasi_http_server::guest::state::{RequestState, Sandbox};
+use wasi_http_server::imports::keyvalue::Stores;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -19,7 +19,6 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_to_linker_async(&mut linker)?;
     let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
     let sandbox = Sandbox {
-        max_memory: 64 << 20,
         host: HostBudget::new(64 << 20, 32 << 10, 0).expect("a valid budget"),
         max_output: 1 << 20,
         allowed_outbound: Vec::new().into(),
@@ -29,7 +28,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
     };
     let mut store = Store::new(
         &engine,
-        RequestState::new(&sandbox, RequestId::next(), std::time::Instant::now()),
+        RequestState::new(&sandbox, 64 << 20, std::time::Instant::now()),
     );
     pre.instantiate_async(&mut store).await?;
     Ok(())

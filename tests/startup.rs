@@ -22,7 +22,7 @@ fn assert_refused(outcome: &Failed, expected: &str) {
     let failure: Vec<&str> = outcome
         .stderr
         .lines()
-        .filter(|line| !line.contains(" INFO wasi_http_server::component: "))
+        .filter(|line| !line.contains(" INFO wasi_http_server::compile: "))
         .collect();
     assert_eq!(failure.len(), 1, "not one line:\n{}", outcome.stderr);
     assert!(failure[0].starts_with("error: "), "{}", outcome.stderr);

@@ -8,8 +8,13 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Parser, ValueEnum};
 
-use crate::keyvalue;
-use crate::outbound::Destination;
+use crate::imports::http_hooks::Destination;
+use crate::imports::keyvalue;
+
+/// Most `--processes`: far more cores than any machine this serves on has,
+/// while a typo (`--processes 10000`) is refused rather than forking that
+/// many.
+const MAX_PROCESSES: i64 = 1024;
 
 /// Serve a wasi-http component, with a fresh instance for every request.
 #[derive(Debug, Parser)]
@@ -38,10 +43,9 @@ pub struct Cli {
     /// passes SIGHUP and SIGTERM on, and its `--admin-addr` sums their
     /// metrics. On large guests (JS and Python interpreters) this serves
     /// more: resetting an instance's memory makes the kernel interrupt every
-    /// core the process runs on, and a single-threaded process runs on one
-    /// (BENCHMARKS.md). `--max-concurrent-requests` and `--max-connections`
+    /// core the process runs on, and a single-threaded process runs on one. `--max-concurrent-requests` and `--max-connections`
     /// stay limits of the whole server, split evenly between the processes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_PROCESSES))]
     pub processes: u16,
 
     /// Given by a supervisor (`--processes`) to the processes it starts: the
@@ -309,11 +313,7 @@ impl Cli {
     /// Spin: another component served by the same user does not see it, and
     /// the same file served again (or replaced in place) does.
     pub fn default_keyvalue_path(&self) -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
-            })?;
+        let base = dirs::data_dir()?;
         let app = std::fs::canonicalize(&self.component).unwrap_or_else(|_| self.component.clone());
         let hash = xxhash_rust::xxh3::xxh3_64(app.as_os_str().as_encoded_bytes());
         let stem = app.file_stem().unwrap_or_default().to_string_lossy();
@@ -329,13 +329,8 @@ impl Cli {
         if self.no_cache {
             return None;
         }
-        self.cache_dir.clone().or_else(|| {
-            let base = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache"))
-                })?;
-            Some(base.join("wasi-http-server"))
-        })
+        self.cache_dir
+            .clone()
+            .or_else(|| Some(dirs::cache_dir()?.join("wasi-http-server")))
     }
 }

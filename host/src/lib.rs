@@ -1,34 +1,23 @@
 //! A wasi-http server that runs every request in a fresh instance of one
 //! WebAssembly component.
 //!
-//! The request path, in the order a request meets it: [`server`] accepts the
-//! connection and speaks HTTP; [`handler`] takes an instance slot
-//! ([`slots`]), gives the request a new `Store` and instance, and turns what
-//! the guest does into a response ([`response`]); [`wasi_p2`] and
-//! [`wasi_p3`] hold what differs between the two kinds of guest;
-//! [`guest_task`] runs the guest's call under its deadline; [`component`]
-//! did everything that can be done once (engines, compilation, linking) at
-//! startup; [`state`] is what each instance's `Store` holds.
+//! [`server`] is one serving process: load, listen, serve, drain. The
+//! folders follow a request, and dependencies run one way, down this list:
+//! [`ops`] operates the server (admin endpoint, reload, supervisor);
+//! [`http`] is the client side (listener, connections, the watchdog of
+//! client progress, the access log); [`guest`] serves one request in one
+//! fresh instance (slots, the store, the guest's task, request and response
+//! bodies, the one place WASI 0.2 and 0.3 differ); [`imports`] is what
+//! guests call (outbound HTTP, output, key-value); [`compile`] is done once
+//! per component (engines, pool shape, compile cache). [`metrics`] and
+//! [`log`] are used by all of them; [`cli`] is every flag.
 
-pub mod admin;
-pub mod cache;
 pub mod cli;
-pub mod component;
-pub mod fd_limit;
-pub mod footprint;
-pub mod guest_output;
-pub mod guest_task;
-pub mod handler;
-pub mod keyvalue;
+pub mod compile;
+pub mod guest;
+pub mod http;
+pub mod imports;
+pub mod log;
 pub mod metrics;
-pub mod outbound;
-pub mod pool;
-pub mod reload;
-pub mod request_body;
-pub mod response;
+pub mod ops;
 pub mod server;
-pub mod slots;
-pub mod state;
-pub mod supervisor;
-pub mod wasi_p2;
-pub mod wasi_p3;

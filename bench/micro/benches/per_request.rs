@@ -8,13 +8,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use std::sync::Arc;
 use std::time::Duration;
-use wasi_http_server::component;
-use wasi_http_server::guest_output::RequestId;
-
-use wasi_http_server::handler::{Handler, Limits};
-use wasi_http_server::keyvalue::Stores;
-use wasi_http_server::pool::Pool;
-use wasi_http_server::state::{HostBudget, Sandbox};
+use wasi_http_server::compile::Engines;
+use wasi_http_server::compile::pool::PoolSettings;
+use wasi_http_server::guest::budget::HostBudget;
+use wasi_http_server::guest::link;
+use wasi_http_server::guest::runner::{RequestLimits, Runner};
+use wasi_http_server::guest::state::Sandbox;
+use wasi_http_server::imports::keyvalue::Stores;
 
 fn per_request(c: &mut Criterion) {
     let hello = concat!(
@@ -22,28 +22,27 @@ fn per_request(c: &mut Criterion) {
         "/../../target/components/hello.wasm"
     );
     // The server's defaults.
-    let engines = component::Engines::new(Pool {
+    let pool = PoolSettings {
         slots: 128,
         max_memory: 128 << 20,
         serving_threads: 2,
-    });
-    let pre = component::load(&engines, hello.as_ref(), None).expect("run `make components` first");
-    let limits = Limits {
-        sandbox: Sandbox {
-            max_memory: 128 << 20,
-            host: HostBudget::new(64 << 20, 32 << 10, 0).expect("the default budget"),
-            max_output: 256 << 10,
-            allowed_outbound: Vec::new().into(),
-            env: Vec::new().into(),
-            config: Default::default(),
-            keyvalue: Arc::new(Stores::none()),
-        },
-        max_concurrent_requests: 128,
+    };
+    let engines = Engines::new(pool);
+    let guest = link::load(&engines, hello.as_ref(), None).expect("run `make components` first");
+    let sandbox = Sandbox {
+        host: HostBudget::new(64 << 20, 32 << 10, 0).expect("the default budget"),
+        max_output: 256 << 10,
+        allowed_outbound: Vec::new().into(),
+        env: Vec::new().into(),
+        config: Default::default(),
+        keyvalue: Arc::new(Stores::none()),
+    };
+    let limits = RequestLimits {
         queue_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(30),
         max_body: 10 << 20,
     };
-    let handler = Handler::new(pre, limits);
+    let runner = Runner::new(guest, pool, sandbox, limits);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -54,7 +53,7 @@ fn per_request(c: &mut Criterion) {
             let request = Request::get("http://bench.local/")
                 .body(Empty::<Bytes>::new())
                 .expect("valid request");
-            let response = handler.handle(request, RequestId::next()).await;
+            let response = runner.handle(request).await;
             let body = response.into_body().collect().await.expect("whole body");
             assert_eq!(body.to_bytes(), "Hello World\n");
         })

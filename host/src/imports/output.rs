@@ -9,61 +9,23 @@
 //! bytes are escaped so a guest cannot forge log lines or terminal escapes.
 //! With `--log-format json` each line is a JSON log event like any other.
 
-use std::fmt;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tracing::info;
-use tracing_appender::non_blocking::NonBlocking;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::log::{self, RequestId};
 
 /// Longest line kept waiting for its newline. A guest that writes more without
 /// one has it forwarded in pieces of this size, so it cannot make the host
 /// buffer without limit.
 pub const MAX_LINE: usize = 16 * 1024;
-
-/// Where guest lines go as plain text (`--log-format text`): the log's
-/// non-blocking writer. Unset, they go out as log events.
-static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
-
-/// Sends guest lines to `writer` as `[id stream] line`, the text log's
-/// format; call once at startup. Without it (`--log-format json`) each line
-/// is a log event of target `guest`.
-pub fn write_text_to(writer: NonBlocking) {
-    let _ = TEXT_SINK.set(writer);
-}
-
-/// Identifies one request in the logs: a per-process random prefix (so ids
-/// from different runs or processes do not collide) and a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestId(u64);
-
-/// Random per process, from the OS-seeded keys of std's hasher.
-static PROCESS: LazyLock<u32> = LazyLock::new(|| {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    hasher.finish() as u32
-});
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-impl RequestId {
-    pub fn next() -> Self {
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}-{}", *PROCESS, self.0)
-    }
-}
 
 /// One request's stdout or stderr. Every stream the guest opens on them
 /// shares the request's output state.
@@ -100,11 +62,11 @@ struct Output {
 }
 
 impl GuestOutput {
-    /// The stdout and stderr of request `id`, which may write `max_bytes`
-    /// between them.
-    pub fn pair(id: RequestId, max_bytes: usize) -> (GuestOutput, GuestOutput) {
+    /// The stdout and stderr of the current request, which may write
+    /// `max_bytes` between them.
+    pub fn pair(max_bytes: usize) -> (GuestOutput, GuestOutput) {
         let output = Arc::new(Mutex::new(Output {
-            id,
+            id: RequestId::current(),
             pending: [Vec::new(), Vec::new()],
             remaining: max_bytes,
             truncated: false,
@@ -161,7 +123,7 @@ impl Output {
     fn emit(&mut self, stream: Stream) {
         let pending = std::mem::take(&mut self.pending[stream as usize]);
         let line = escape(&pending);
-        match TEXT_SINK.get() {
+        match log::text_sink() {
             Some(sink) => {
                 let text = format!("[{} {}] {line}\n", self.id, stream.name());
                 // The writer never blocks: when the log thread is behind it

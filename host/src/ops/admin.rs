@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -25,7 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::fd_limit::ADMIN_CONNECTIONS;
+use crate::http::fd_limit::ADMIN_CONNECTIONS;
+use crate::http::{Accepted, accept_one};
 use crate::metrics::METRICS;
 
 /// Time an admin client has to send its request headers: a scraper sends
@@ -35,9 +37,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest an admin connection stays open, keep-alive included: scrapers
 /// reconnect cheaply, and a connection cannot be held for ever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-
-/// Pause after a failed `accept` (out of descriptors) before the next.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Set once the server has stopped taking new requests.
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -50,7 +49,7 @@ pub fn set_draining() {
 /// What the admin endpoint reports.
 pub struct Reports {
     /// `/metrics`.
-    pub metrics: Metrics,
+    pub metrics: MetricsText,
     /// `/healthz`, beside draining: `Err` with the reason when nothing
     /// serves.
     pub serving: Serving,
@@ -58,6 +57,13 @@ pub struct Reports {
 
 /// Whether anything serves (see [`Reports::serving`]).
 pub type Serving = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Says where the admin endpoint is (the line after "Server running" on
+/// stdout), then serves it as [`spawn`] does.
+pub fn announce_and_spawn(listener: TcpListener, reports: Reports) -> anyhow::Result<()> {
+    println!("Admin endpoint at http://{}/", listener.local_addr()?);
+    spawn(listener, reports).context("starting the admin endpoint")
+}
 
 /// Serves the admin endpoint on `listener`, on a thread of its own with its
 /// own event loop, until the process exits. It is bound after the component
@@ -85,20 +91,9 @@ pub fn spawn(listener: TcpListener, reports: Reports) -> std::io::Result<()> {
 /// cannot use up the descriptors client connections need.
 async fn serve(listener: TcpListener, reports: Arc<Reports>) {
     let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    let limit = format!("admin endpoint: {ADMIN_CONNECTIONS} connections");
     loop {
-        let permit = connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                warn!("admin endpoint: accept failed: {err}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+        let Accepted { stream, permit, .. } = accept_one(&listener, &connections, &limit).await;
         let reports = reports.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -119,16 +114,14 @@ async fn serve(listener: TcpListener, reports: Arc<Reports>) {
 }
 
 /// Where `/metrics` comes from: this process's own metrics, or in a
-/// supervisor (`--processes`) the sum of its serving processes'. An error
-/// says why there is no answer now (503).
-pub type Metrics =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+/// supervisor (`--processes`) the sum of its serving processes'.
+pub type MetricsText = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 /// A process that serves itself: its own metrics, and it serves for as
 /// long as it runs.
 pub fn own_reports() -> Reports {
     Reports {
-        metrics: Arc::new(|| Box::pin(std::future::ready(Ok(METRICS.encode())))),
+        metrics: Arc::new(|| Box::pin(std::future::ready(METRICS.encode()))),
         serving: Arc::new(|| Ok(())),
     }
 }
@@ -153,18 +146,11 @@ async fn answer(
                 ),
             }
         }
-        "/metrics" => match (reports.metrics)().await {
-            Ok(text) => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text.into(),
-            ),
-            Err(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("{why}\n").into(),
-            ),
-        },
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            (reports.metrics)().await.into(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

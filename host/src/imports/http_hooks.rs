@@ -13,11 +13,31 @@ use hyper::http::{HeaderName, Request, Response, Uri, header};
 use tracing::warn;
 
 use crate::metrics::METRICS;
-use crate::state::{BODY_BUFFER_CHUNKS, BODY_CHUNK, MAX_OUTBOUND};
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
 };
+
+/// Bytes of a guest's response body the host takes per write, and how many
+/// such writes it buffers before the guest waits for the client: a body
+/// holds at most (chunks + 1) written chunks plus one being written. 16 KiB
+/// is an HTTP/2 frame; wasmtime-wasi-http's default of 1 MiB would let each
+/// body resource hold 3 MiB.
+pub const BODY_CHUNK: usize = 16 << 10;
+pub const BODY_BUFFER_CHUNKS: usize = 1;
+
+/// Longest method and authority a guest may give an outgoing request. The
+/// host keeps them as given, and wasi:http sets no bound of its own (a path
+/// is capped at 64 KiB by the `http` crate): real methods are a word and
+/// real authorities a host name and port.
+pub const MAX_METHOD: usize = 64;
+pub const MAX_AUTHORITY: usize = 1024;
+
+/// Outbound requests one instance may have in flight, each holding a client
+/// connection with hyper's read and write buffers (up to about 400 KiB and
+/// 100 KiB by default, so [`OUTBOUND_BYTES`] each).
+pub const MAX_OUTBOUND: usize = 8;
+pub const OUTBOUND_BYTES: usize = 512 << 10;
 
 /// One `--allow-outbound` entry: a host, and a port unless every port is
 /// allowed.

@@ -5,6 +5,7 @@
 //! limit (as Node.js, Go's runtime and nginx do) and the default
 //! `--max-connections` is derived from what it then is.
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use tracing::{info, warn};
 
 /// Descriptors kept for everything that is not a client connection: stdio,
@@ -29,37 +30,31 @@ const IDLE_CONNECTION_KIB: usize = 33;
 pub const ADMIN_CONNECTIONS: usize = 16;
 
 /// Raises the soft open-file limit to the hard limit and returns the new soft
-/// limit; on failure (or where there is no limit) returns what it was.
+/// limit; on failure returns what it was. No limit counts as `u64::MAX`.
 fn raise() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(before), max) = (limit.current, limit.maximum) else {
+        return u64::MAX;
     };
-    // SAFETY: getrlimit and setrlimit only read or write `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            warn!(
-                "cannot read the open file limit: {}",
-                std::io::Error::last_os_error()
-            );
-            return RESERVED * 2;
+    if max.is_some_and(|max| max <= before) {
+        return before;
+    }
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: max,
+            ..limit
+        },
+    ) {
+        Ok(()) => {
+            let now = max.unwrap_or(u64::MAX);
+            info!("raised the open file limit from {before} to {now}");
+            now
         }
-        let before = limit.rlim_cur;
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                warn!(
-                    "cannot raise the open file limit from {before}: {}",
-                    std::io::Error::last_os_error()
-                );
-                return before;
-            }
-            info!(
-                "raised the open file limit from {before} to {}",
-                limit.rlim_cur
-            );
+        Err(err) => {
+            warn!("cannot raise the open file limit from {before}: {err}");
+            before
         }
-        limit.rlim_cur
     }
 }
 

@@ -5,7 +5,7 @@
 //! kernel flush the TLB of every core the process is running on, by
 //! interrupting them; with JS and Python guests that was half the CPU time.
 //! A process with one serving thread runs on one core, so nothing is
-//! interrupted (BENCHMARKS.md, step 14).
+//! interrupted (BENCHMARKS.md).
 //!
 //! The supervisor checks the command line, binds the address (without
 //! listening: `server::reserve`), and starts its own binary again with the
@@ -28,69 +28,71 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
-use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+
 use std::path::PathBuf;
-use std::pin::Pin;
+
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::signal::unix::Signal;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal as signal_stream};
 use tokio::sync::{Mutex, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::admin;
-use crate::metrics::{self, METRICS};
+use crate::http::{self, SERVER_RUNNING};
+use crate::server;
+
+use super::admin;
+use super::link::{self, Link};
 
 /// Wait before starting a serving process again after one died, so a
 /// process that dies at once (its component file now broken) is retried
 /// once a second instead of in a busy loop.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
-/// How long a serving process may take to send its metrics. It answers from
-/// a thread of its own, at once; a process that does not is stuck.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Beyond `--shutdown-timeout`, how long a serving process may take to exit
 /// after SIGTERM before it is killed: its drain is bounded by the timeout,
 /// so this only covers dropping its instances and flushing its log.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// In a serving process: answers the supervisor's requests for metrics on a
-/// thread of its own (reading stdin blocks). Resolves when stdin closes,
-/// that is when the supervisor is gone.
-pub fn answer_supervisor() -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    let (gone, orphaned) = oneshot::channel::<()>();
-    let link = std::thread::Builder::new()
-        .name("supervisor-link".into())
-        .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if let Some(id) = line.strip_prefix("metrics ") {
-                    let reply = format!("# reply {id}\n{}", METRICS.encode());
-                    let mut stdout = std::io::stdout().lock();
-                    if stdout.write_all(reply.as_bytes()).is_err() || stdout.flush().is_err() {
-                        break;
-                    }
-                }
-            }
-            drop(gone);
-        });
-    match link {
-        Ok(_) => Box::pin(async move {
-            let _ = orphaned.await;
-        }),
-        Err(err) => {
-            warn!("cannot watch the supervisor: {err}");
-            Box::pin(std::future::pending())
+/// Runs `processes` serving processes on `addr` until SIGINT or SIGTERM,
+/// with the admin endpoint on `admin_addr` summing theirs.
+pub async fn run(
+    addr: SocketAddr,
+    processes: u16,
+    admin_addr: Option<SocketAddr>,
+    shutdown_timeout: Duration,
+) -> Result<()> {
+    let port = http::reserve(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let mut shutdown = Box::pin(server::shutdown_signal().context("installing signal handlers")?);
+    let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let admin = server::bind_admin(admin_addr).await?;
+    let addr = port.local_addr()?;
+    // A large component can take the first serving process seconds to
+    // compile; SIGTERM meanwhile stops the server then, not once it serves.
+    // Nothing is served yet, so the processes starting are simply killed
+    // (dropping them does).
+    let processes = tokio::select! {
+        started = start(port, usize::from(processes), shutdown_timeout) => started?,
+        () = &mut shutdown => {
+            info!("stopped before the serving processes were ready");
+            return Ok(());
         }
+    };
+    println!("{SERVER_RUNNING}http://{addr}/");
+    if let Some(admin) = admin {
+        admin::announce_and_spawn(admin, processes.reports())?;
     }
+    processes.run(shutdown, hangup).await;
+    Ok(())
 }
 
 /// The serving processes, once each has said it is ready.
@@ -119,7 +121,7 @@ impl std::error::Error for AlreadyReported {}
 /// Starts `count` serving processes on the address `port` holds and waits
 /// until each is ready: the first alone, then the others together. If one
 /// cannot start, stops the others and fails.
-pub async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
+async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.extend([
         "--serving-process-on".into(),
@@ -201,7 +203,7 @@ impl Processes {
         admin::Reports {
             metrics: Arc::new(move || {
                 let links = links.clone();
-                Box::pin(async move { Ok(scrape(&links).await) })
+                Box::pin(async move { link::scrape(&links).await })
             }),
             serving: Arc::new(move || match up.load(Ordering::Relaxed) {
                 0 => Err("no serving process is up".to_string()),
@@ -212,7 +214,7 @@ impl Processes {
 
     /// Passes SIGHUP on until `shutdown` resolves, then stops the serving
     /// processes (each drains, as on its own SIGTERM) and waits for them.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut hangup: Signal) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut hangup: SignalStream) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -261,14 +263,9 @@ impl Launcher {
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         match stdout.next_line().await {
-            Ok(Some(line)) if line.starts_with("Server running at ") => Ok((
-                child,
-                Link {
-                    stdin,
-                    stdout,
-                    asked: 0,
-                },
-            )),
+            Ok(Some(line)) if line.starts_with(SERVER_RUNNING) => {
+                Ok((child, Link::new(stdin, stdout)))
+            }
             _ => {
                 let _ = child.start_kill();
                 match child.wait().await {
@@ -280,60 +277,6 @@ impl Launcher {
             }
         }
     }
-}
-
-/// The supervisor's end of a serving process's stdin and stdout.
-struct Link {
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    /// The number of the last request, so that the rest of a reply that
-    /// came too late is skipped.
-    asked: u64,
-}
-
-impl Link {
-    async fn metrics(&mut self) -> std::io::Result<String> {
-        self.asked += 1;
-        let request = format!("metrics {}\n", self.asked);
-        self.stdin.write_all(request.as_bytes()).await?;
-        self.stdin.flush().await?;
-        let header = format!("# reply {}", self.asked);
-        let mut text = None;
-        while let Some(line) = self.stdout.next_line().await? {
-            match &mut text {
-                None if line == header => text = Some(String::new()),
-                None => {}
-                Some(text) => {
-                    text.push_str(&line);
-                    text.push('\n');
-                    if line == "# EOF" {
-                        return Ok(std::mem::take(text));
-                    }
-                }
-            }
-        }
-        Err(std::io::ErrorKind::UnexpectedEof.into())
-    }
-}
-
-/// The metrics of every serving process that answers, summed, and how
-/// many answered (`serving_processes_up`). While a process is down its
-/// counts are missing from the sum, and the gauge says so: a scrape during
-/// an incident still shows everything the live processes know.
-async fn scrape(links: &[Mutex<Option<Link>>]) -> String {
-    let mut texts = Vec::with_capacity(links.len());
-    for (index, link) in links.iter().enumerate() {
-        let mut link = link.lock().await;
-        let Some(link) = link.as_mut() else {
-            continue;
-        };
-        match tokio::time::timeout(SCRAPE_TIMEOUT, link.metrics()).await {
-            Ok(Ok(text)) => texts.push(text),
-            Ok(Err(err)) => warn!("serving process {index} sent no metrics: {err}"),
-            Err(_) => warn!("serving process {index} sent no metrics within {SCRAPE_TIMEOUT:?}"),
-        }
-    }
-    metrics::with_processes_up(metrics::sum(&texts), texts.len())
 }
 
 /// Keeps serving process `index` running: starts it, passes SIGHUP on,
@@ -388,7 +331,7 @@ impl Keeper {
             let exited = loop {
                 tokio::select! {
                     exited = child.wait() => break exited,
-                    _ = self.hangups.changed() => signal(&child, libc::SIGHUP),
+                    _ = self.hangups.changed() => signal(&child, Signal::HUP),
                     _ = self.stop.changed() => {
                         self.terminate(child).await;
                         self.links[index].lock().await.take();
@@ -423,7 +366,7 @@ impl Keeper {
     /// SIGTERM, then as long as a serving process's own shutdown may take,
     /// then SIGKILL.
     async fn terminate(&self, mut child: Child) {
-        signal(&child, libc::SIGTERM);
+        signal(&child, Signal::TERM);
         let deadline = self.shutdown_timeout + EXIT_GRACE;
         if tokio::time::timeout(deadline, child.wait()).await.is_err() {
             warn!(
@@ -435,9 +378,10 @@ impl Keeper {
     }
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
-        // SAFETY: kill only sends a signal, to a child not yet waited for.
-        unsafe { libc::kill(pid, signal) };
+/// Sends `signal` to a serving process not yet waited for (so its pid is
+/// still its own).
+fn signal(child: &Child, signal: Signal) {
+    if let Some(pid) = child.id().and_then(|pid| Pid::from_raw(pid as i32)) {
+        let _ = kill_process(pid, signal);
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
-use crate::component::{self, Engines};
-use crate::handler::Handler;
+use crate::compile::Engines;
+use crate::guest::link;
+use crate::guest::runner::Runner;
 
 /// How often `--watch` looks at the component file. Polling size and mtime
 /// survives editors and deploy tools that replace the file by renaming
@@ -37,7 +38,7 @@ pub struct Reloader {
     /// The stamp of the file the current component was loaded from.
     loaded: Stamp,
     engines: Arc<Engines>,
-    handler: Arc<Handler>,
+    runner: Arc<Runner>,
     source: Source,
 }
 
@@ -56,7 +57,7 @@ impl Reloader {
     /// compiled, so a change made while it compiled is not missed.
     pub fn new(
         engines: Arc<Engines>,
-        handler: Arc<Handler>,
+        runner: Arc<Runner>,
         source: Source,
         loaded: Stamp,
     ) -> std::io::Result<Self> {
@@ -64,7 +65,7 @@ impl Reloader {
             hangup: signal(SignalKind::hangup())?,
             loaded,
             engines,
-            handler,
+            runner,
             source,
         })
     }
@@ -102,14 +103,13 @@ impl Reloader {
     async fn reload(&self) {
         let engines = self.engines.clone();
         let (path, cache_dir) = (self.source.path.clone(), self.source.cache_dir.clone());
-        let compiled = tokio::task::spawn_blocking(move || {
-            component::load(&engines, &path, cache_dir.as_deref())
-        })
-        .await;
+        let compiled =
+            tokio::task::spawn_blocking(move || link::load(&engines, &path, cache_dir.as_deref()))
+                .await;
         let result = match compiled {
-            Ok(Ok(pre)) => {
-                let kind = pre.kind();
-                self.handler.replace(pre).await.map(|()| kind)
+            Ok(Ok(guest)) => {
+                let kind = guest.kind();
+                self.runner.replace(guest).await.map(|()| kind)
             }
             Ok(Err(err)) => Err(err),
             Err(panicked) => Err(wasmtime::format_err!("compiling panicked: {panicked}")),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::guest_task;
+use super::eviction;
 
 /// How long a response must have waited on its client before a request
 /// that finds every instance slot taken may cut it off and take its slot.
@@ -55,7 +55,7 @@ impl Slots {
         // in the semaphore's queue.
         let mut wait = std::pin::pin!(self.permits.clone().acquire_owned());
         loop {
-            guest_task::evict_stalled(EVICTION_GRACE);
+            eviction::evict_stalled(EVICTION_GRACE);
             tokio::select! {
                 slot = &mut wait => return slot.ok(),
                 () = &mut give_up => return None,

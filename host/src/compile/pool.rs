@@ -5,36 +5,28 @@
 //! and reused: a fresh instance takes a slot instead of mapping new memory.
 //! What dominates a request's cost is then resetting the linear memory it
 //! used, and the cheapest way depends on the component's memory, read from
-//! the component before it is compiled (`footprint.rs`). Measured in
-//! BENCHMARKS.md (step 11), req/s on 2 cores:
-//!
-//! | guest, initial memory | 1 MiB restored, rest `madvise`d | dirty pages only | all restored |
-//! |---|---|---|---|
-//! | Rust hello, 128 KiB | (all of it) | slower (step 5) | 73,800 |
-//! | Rust WASI 0.3 hello, 1.06 MiB | 15,800 | 26,100 | 21,800 |
-//! | JS (StarlingMonkey), 9.1 MiB | 1,190 | 3,810 | 5,560 |
-//! | Python (CPython), 15.5 MiB | 330 | 380 | 1,090 |
+//! the component before it is compiled (`footprint.rs`); BENCHMARKS.md has
+//! the figures for each guest and strategy.
 //!
 //! Memory not restored in place is given back with `madvise`, and an
 //! `madvise` on memory that another core touched interrupts every core to
-//! flush its TLB: that was 47% of all CPU on the JS guest. Restoring only the
-//! pages a request wrote (found with `PAGEMAP_SCAN`) avoids it while the
-//! request wrote at most 32 runs of pages: wasmtime 48 takes 32 per scan and
-//! gives back everything past the 32nd. Interpreters write more (JS and
-//! Python both hit 32), so for them the whole memory is copied back from its
-//! image instead, which costs memory bandwidth but no interrupts or faults.
-//! Unless only one thread serves (`--processes`, or `--threads 1`): an
-//! `madvise` in a process that runs on one core interrupts no other, and
-//! restoring dirty pages wins again (step 14: JS 6,130 -> 9,800 req/s with
-//! two single-threaded processes).
+//! flush its TLB. Restoring only the pages a request wrote (found with
+//! `PAGEMAP_SCAN`) avoids it while the request wrote at most 32 runs of
+//! pages: wasmtime 48 takes 32 per scan and gives back everything past the
+//! 32nd. Interpreters write more, so for them the whole memory is copied
+//! back from its image instead, which costs memory bandwidth but no
+//! interrupts or faults. Unless only one thread serves (`--processes`, or
+//! `--threads 1`): an `madvise` in a process that runs on one core
+//! interrupts no other, and restoring dirty pages wins again.
 
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::footprint::Footprint;
+use crate::compile::footprint::Footprint;
 
-/// The sizes of an engine's instance pool that the operator sets.
+/// The sizes of an engine's instance pool that the operator sets: the
+/// settings every pool is built from, not a pool.
 #[derive(Clone, Copy, Debug)]
-pub struct Pool {
+pub struct PoolSettings {
     /// Instances alive at once (`--max-concurrent-requests`).
     pub slots: usize,
     /// Largest linear memory of one instance (`--max-memory`).
@@ -43,7 +35,7 @@ pub struct Pool {
     pub serving_threads: usize,
 }
 
-/// The pool's settings for one component: what `Pool` fixes plus what the
+/// The pool's settings for one component: what `PoolSettings` fixes plus what the
 /// component's footprint decides. Two components with the same shape share
 /// an engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +56,7 @@ pub struct Shape {
 
 /// Up to this much initial linear memory, restoring all of it is cheaper
 /// than asking the kernel which pages were written: the scan walks page
-/// tables at a fixed cost per call (our hello, 128 KiB then: 8.7 us per request
-/// with a plain reset against 9.7 us with the scan, BENCHMARKS.md step 5).
+/// tables at a fixed cost per call (measured on the Rust hello).
 const SMALL_MEMORY: u64 = 1 << 20;
 
 /// What a small guest keeps resident: its whole memory and some growth.
@@ -88,9 +79,13 @@ const GROWTH_KEPT_RESIDENT: usize = 16 << 20;
 /// largest guest we serve declares (the JS engine: 7,777).
 const TABLE_KEEP_RESIDENT: usize = 1 << 20;
 
-/// Largest table a component may declare or grow, matching the limiter's cap
-/// in `state.rs`; raised for a component that starts with a larger one.
-const TABLE_ELEMENTS: usize = 100_000;
+/// Largest table (of function references) an instance may declare or
+/// grow; raised for a component that starts with a larger one, and the
+/// store's limiter refuses growth past it. Compilers emit one entry per
+/// address-taken function: a few hundred for typical guests, so 100,000
+/// (about 1 MiB of host memory) is never in the way of real code while still
+/// stopping a guest that grows tables to eat host memory.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// Headroom above the counts read from the component, which counts each
 /// module once (`footprint.rs`): wasmtime rejects at load a component that
@@ -100,7 +95,7 @@ const COUNT_HEADROOM: u32 = 2;
 
 impl Shape {
     /// The pool for a component with `footprint` under the operator's `pool`.
-    pub fn new(pool: Pool, footprint: &Footprint) -> Shape {
+    pub fn new(pool: PoolSettings, footprint: &Footprint) -> Shape {
         let initial = usize::try_from(footprint.largest_memory).unwrap_or(usize::MAX);
         let memory_keep_resident = if footprint.largest_memory <= SMALL_MEMORY {
             SMALL_KEEP_RESIDENT
@@ -114,7 +109,7 @@ impl Shape {
             core_instances: footprint.core_instances.max(1) * COUNT_HEADROOM,
             memories: footprint.memories.max(1) * COUNT_HEADROOM,
             tables: footprint.tables.max(1) * COUNT_HEADROOM,
-            table_elements: TABLE_ELEMENTS
+            table_elements: MAX_TABLE_ELEMENTS
                 .max(usize::try_from(footprint.largest_table).unwrap_or(usize::MAX)),
             memory_keep_resident,
             dirty_pages_only: footprint.largest_memory > SMALL_MEMORY
@@ -153,7 +148,7 @@ impl Shape {
 mod tests {
     use super::*;
 
-    const POOL: Pool = Pool {
+    const POOL: PoolSettings = PoolSettings {
         slots: 128,
         max_memory: 128 << 20,
         serving_threads: 2,
@@ -192,7 +187,7 @@ mod tests {
 
     #[test]
     fn an_interpreter_served_by_one_thread_restores_only_dirty_pages() {
-        let pool = Pool {
+        let pool = PoolSettings {
             serving_threads: 1,
             ..POOL
         };

@@ -14,8 +14,7 @@ use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use tracing::{error, warn};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::guest_output::RequestId;
-use crate::guest_task::GuestTask;
+use super::task::GuestTask;
 
 /// A response body: the guest's, or one the host wrote.
 pub struct ResponseBody {
@@ -38,8 +37,6 @@ impl ResponseBody {
     /// The guest's body, written by `guest` on its own task; `complete_at`
     /// as [`ResponseBody::complete_at`] says.
     pub fn streaming(inner: HyperOutgoingBody, guest: GuestTask, complete_at: Option<u64>) -> Self {
-        // Handed to hyper: until it polls, the body waits on the client.
-        guest.shared().set_waiting_on_client(true);
         Self {
             inner,
             guest: Some(guest),
@@ -72,7 +69,16 @@ impl ResponseBody {
     pub fn guest_time(&self) -> Duration {
         self.guest
             .as_ref()
-            .map_or(Duration::ZERO, |guest| guest.shared().busy())
+            .map_or(Duration::ZERO, |guest| guest.state().busy())
+    }
+
+    /// Tells the guest's call whether this body now waits on its client
+    /// (see [`super::stall`]): the connection's watchdog, which sees hyper
+    /// take each frame, says so for both of them.
+    pub fn set_waiting_on_client(&self, waiting: bool) {
+        if let Some(guest) = &self.guest {
+            guest.state().set_waiting_on_client(waiting);
+        }
     }
 }
 
@@ -90,10 +96,7 @@ impl Body for ResponseBody {
             // its client reset the stream): the head was all of it.
             return Poll::Ready(None);
         }
-        let shared = this.guest.as_ref().map(|guest| guest.shared());
-        if let Some(shared) = shared {
-            shared.set_waiting_on_client(false);
-        }
+        let call = this.guest.as_ref().map(|guest| guest.state());
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.ended = true;
@@ -102,15 +105,11 @@ impl Body for ResponseBody {
                 // failed is known here. An error makes hyper abort the
                 // response (no final chunk in HTTP/1, RST_STREAM in HTTP/2):
                 // the client sees it was cut off, not a short complete body.
-                if this
-                    .guest
-                    .as_ref()
-                    .is_some_and(|guest| guest.shared().failure().is_some())
-                {
+                if call.is_some_and(|call| call.failure().is_some()) {
                     return Poll::Ready(Some(Err("the guest failed mid-response".into())));
                 }
-                if let Some(shared) = shared {
-                    shared.mark_body_complete();
+                if let Some(call) = call {
+                    call.mark_body_complete();
                 }
                 Poll::Ready(None)
             }
@@ -119,9 +118,6 @@ impl Body for ResponseBody {
                     && let Some(data) = frame.data_ref()
                 {
                     this.sent += data.len() as u64;
-                }
-                if let Some(shared) = shared {
-                    shared.set_waiting_on_client(true);
                 }
                 Poll::Ready(Some(frame.map_err(Into::into)))
             }
@@ -149,10 +145,10 @@ impl Drop for ResponseBody {
         // dropping the task aborts the guest with it.
         let complete = self.ended || self.complete_at.is_some_and(|end| self.sent >= end);
         if complete && let Some(guest) = &mut self.guest {
-            // Its client has it all: nothing it does now waits on the client,
-            // so it is no candidate for eviction.
-            guest.shared().set_waiting_on_client(false);
-            guest.shared().mark_body_complete();
+            // Its client has it all: nothing it does now waits on the
+            // client, so it is no candidate for eviction.
+            guest.state().set_waiting_on_client(false);
+            guest.state().mark_body_complete();
             guest.detach();
         }
     }
@@ -188,13 +184,13 @@ pub fn plain(
     response
 }
 
-pub fn too_large(id: RequestId, max_body: u64, guest: Option<GuestTask>) -> Response<ResponseBody> {
-    warn!(%id, "answered 413: request body over --max-body ({max_body} bytes)");
+pub fn too_large(max_body: u64, guest: Option<GuestTask>) -> Response<ResponseBody> {
+    warn!("answered 413: request body over --max-body ({max_body} bytes)");
     plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", guest)
 }
 
-pub fn unavailable(id: RequestId, queue_timeout: Duration) -> Response<ResponseBody> {
-    warn!(%id, "answered 503: no free instance slot within --queue-timeout ({queue_timeout:?})");
+pub fn unavailable(queue_timeout: Duration) -> Response<ResponseBody> {
+    warn!("answered 503: no free instance slot within --queue-timeout ({queue_timeout:?})");
     plain(
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable\n",
@@ -202,23 +198,18 @@ pub fn unavailable(id: RequestId, queue_timeout: Duration) -> Response<ResponseB
     )
 }
 
-pub fn timed_out(
-    id: RequestId,
-    err: impl std::fmt::Display,
-    guest: Option<GuestTask>,
-) -> Response<ResponseBody> {
-    error!(%id, "answered 504: {err}");
+pub fn timed_out(err: impl std::fmt::Display, guest: Option<GuestTask>) -> Response<ResponseBody> {
+    error!("answered 504: {err}");
     plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", guest)
 }
 
 /// Logs why a request failed and gives the client a 500 that says no more
 /// than that: guest internals stay in the log.
 pub fn internal_error(
-    id: RequestId,
     cause: std::fmt::Arguments<'_>,
     guest: Option<GuestTask>,
 ) -> Response<ResponseBody> {
-    error!(%id, "answered 500: {cause}");
+    error!("answered 500: {cause}");
     plain(
         StatusCode::INTERNAL_SERVER_ERROR,
         "Internal Server Error\n",

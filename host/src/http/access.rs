@@ -1,0 +1,143 @@
+//! The response body as its client takes it: it keeps its request counted
+//! as in flight until hyper is done with it, tells the connection's
+//! watchdog and the guest's call whether it waits on the client, and at its
+//! end counts the request in the metrics and writes its access-log line.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::{Method, Request, StatusCode};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::watchdog::InFlight;
+use crate::guest::response::ResponseBody;
+use crate::log::RequestId;
+use crate::metrics::METRICS;
+
+pub struct ClientBody {
+    body: ResponseBody,
+    in_flight: InFlight,
+    /// Whether this body waits on the client now.
+    waiting: bool,
+    status: StatusCode,
+    started: Instant,
+    access: Option<Access>,
+}
+
+/// What the access-log line of one request says, beyond status and time.
+/// It carries its own id, like any access log: it is written as hyper drops
+/// the body, outside the request's span.
+pub struct Access {
+    id: RequestId,
+    method: Method,
+    path: String,
+    bytes: u64,
+}
+
+impl Access {
+    pub fn start<B>(id: RequestId, request: &Request<B>) -> Self {
+        Self {
+            id,
+            method: request.method().clone(),
+            path: path_and_query(request).to_owned(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The request's path and query, as the logs show it.
+pub fn path_and_query<B>(request: &Request<B>) -> &str {
+    request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path| path.as_str())
+}
+
+impl ClientBody {
+    pub fn new(
+        body: ResponseBody,
+        in_flight: InFlight,
+        status: StatusCode,
+        started: Instant,
+        access: Option<Access>,
+    ) -> Self {
+        let mut this = Self {
+            body,
+            in_flight,
+            waiting: false,
+            status,
+            started,
+            access,
+        };
+        // Handed to hyper: from now on it is up to the client.
+        this.set_waiting(true);
+        this.in_flight.activity().progress();
+        this
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            self.in_flight.activity().set_waiting(waiting);
+            self.body.set_waiting_on_client(waiting);
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.waiting {
+            this.in_flight.activity().progress();
+            this.set_waiting(false);
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            this.set_waiting(true);
+            if let (Some(access), Some(data)) = (&mut this.access, frame.data_ref()) {
+                access.bytes += data.len() as u64;
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    /// hyper drops the body when the response is sent or abandoned: that is
+    /// the request's end.
+    fn drop(&mut self) {
+        self.set_waiting(false);
+        let elapsed = self.started.elapsed();
+        METRICS.request(self.status.as_u16(), elapsed);
+        if let Some(access) = &self.access {
+            info!(
+                target: "access",
+                id = %access.id,
+                status = self.status.as_u16(),
+                bytes = access.bytes,
+                total_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1e3),
+                guest_ms = %format_args!("{:.3}", self.body.guest_time().as_secs_f64() * 1e3),
+                "{} {}",
+                access.method,
+                access.path,
+            );
+        }
+    }
+}

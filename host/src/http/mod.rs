@@ -1,0 +1,95 @@
+//! The client side: the listener and the open-file limit, one accept loop
+//! dealing connections out to the worker threads, each connection's
+//! watchdog of client progress, and the response body as the client takes
+//! it (metrics and the access log). Entry point: [`serve`].
+
+mod accept;
+mod access;
+pub mod fd_limit;
+pub mod listener;
+mod watchdog;
+mod workers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+pub use accept::{Accepted, next as accept_one};
+pub use listener::{bind, reserve};
+pub use workers::Workers;
+
+/// The first line a serving process writes on stdout, followed by its URL:
+/// scripts, tests and the supervisor wait for it.
+pub const SERVER_RUNNING: &str = "Server running at ";
+
+/// How connections are served, as the command line sets it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--threads`: worker threads, each with its own event loop.
+    pub threads: usize,
+    /// `--access-log`: a line per request.
+    pub access_log: bool,
+    /// `--max-header-size`, in bytes.
+    pub max_header_size: usize,
+    /// `--header-read-timeout`.
+    pub header_read_timeout: Duration,
+    /// `--idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--write-timeout`.
+    pub write_timeout: Duration,
+    /// `--max-streams-per-connection` (HTTP/2).
+    pub max_streams_per_connection: u32,
+    /// `--max-connections`, as derived from the open file limit if not given.
+    pub max_connections: usize,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Duration,
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves and deals
+/// them out to `workers` in turn.
+pub async fn serve(
+    listener: TcpListener,
+    workers: &Workers,
+    shutdown: impl Future<Output = ()>,
+    settings: &Settings,
+) {
+    let max_connections = settings.max_connections;
+    let limit = format!("--max-connections ({max_connections})");
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    for next in (0..workers.inboxes.len()).cycle() {
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = tokio::select! {
+            accepted = accept_one(&listener, &connections, &limit) => accepted,
+            () = &mut shutdown => break,
+        };
+        // Responses are small and written whole: do not wait for Nagle.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "set_nodelay failed: {err}");
+        }
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                warn!(%peer, "cannot hand the connection to a worker: {err}");
+                continue;
+            }
+        };
+        // A worker's inbox only closes when its thread has died; the
+        // connection is then dropped with its slot.
+        let _ = workers.inboxes[next].send(workers::Handoff {
+            stream,
+            peer,
+            permit,
+        });
+    }
+    info!(
+        "shutting down: no longer accepting, draining in-flight requests for up to {:?}",
+        settings.shutdown_timeout
+    );
+}

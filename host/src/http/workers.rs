@@ -1,0 +1,167 @@
+//! The worker threads: each runs its own single-threaded runtime and serves
+//! the connections dealt to it, HTTP/1.1 (keep-alive) and HTTP/2 over
+//! cleartext, within the connection limits and timeouts of the command
+//! line; and, once its inbox closes, drains them within a bounded time.
+//!
+//! Thread per core: a connection (with every request on it) stays on the
+//! worker it was given to. A multi-threaded runtime balances better but pays
+//! for it in wakeups and work stealing across threads on every request
+//! (measured in BENCHMARKS.md); handing over a connection costs one wakeup
+//! per connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::Settings;
+use super::access::{self, Access, ClientBody};
+use super::watchdog::{Activity, Closed, InFlight};
+use crate::guest::runner::Runner;
+use crate::log::{self, InRequest, RequestId};
+use crate::metrics::METRICS;
+
+/// hyper's floor for an HTTP/1.1 connection's read buffer, which bounds the
+/// request head: `--max-header-size` below it still gets this much.
+const MIN_READ_BUFFER: usize = 8192;
+
+/// An accepted connection on its way to a worker, with its connection slot.
+pub(super) struct Handoff {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The worker threads; `drain` stops them.
+pub struct Workers {
+    pub(super) inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `--threads` worker threads, each serving the connections it
+    /// is given with `runner` on its own single-threaded runtime.
+    pub fn spawn(runner: Arc<Runner>, settings: Arc<Settings>) -> std::io::Result<Self> {
+        let mut workers = Self {
+            inboxes: Vec::new(),
+            threads: Vec::new(),
+        };
+        for i in 0..settings.threads.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (inbox, incoming) = mpsc::unbounded_channel();
+            let (runner, settings) = (runner.clone(), settings.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || runtime.block_on(work(incoming, runner, &settings)))?;
+            workers.inboxes.push(inbox);
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// Closes the workers' inboxes, so each drains its in-flight requests (for
+    /// at most `--shutdown-timeout`), and waits for them to finish.
+    pub fn drain(self) {
+        drop(self.inboxes);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One worker: serves each connection it is given on a task of its own, then,
+/// once its inbox closes, drains.
+async fn work(
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+    runner: Arc<Runner>,
+    settings: &Settings,
+) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    // hyper's timeouts only run with a timer. A head that does not fit the
+    // read buffer is answered 431.
+    let max_head = settings.max_header_size;
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(max_head.max(MIN_READ_BUFFER));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(settings.max_streams_per_connection);
+    let graceful = GracefulShutdown::new();
+
+    while let Some(Handoff {
+        stream,
+        peer,
+        permit,
+    }) = incoming.recv().await
+    {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                warn!(%peer, "cannot serve the connection: {err}");
+                continue;
+            }
+        };
+        let activity = Activity::new();
+        let runner = runner.clone();
+        let watched = activity.clone();
+        let access_log = settings.access_log;
+        let service = service_fn(move |request: Request<Incoming>| {
+            let runner = runner.clone();
+            let in_flight = InFlight::start(watched.clone());
+            let id = RequestId::next();
+            let span = log::request_span(id, request.method(), access::path_and_query(&request));
+            let access = access_log.then(|| Access::start(id, &request));
+            let started = Instant::now();
+            InRequest::new(id, span, async move {
+                let response = runner.handle(request).await;
+                let status = response.status();
+                Ok::<_, Infallible>(
+                    response.map(|body| ClientBody::new(body, in_flight, status, started, access)),
+                )
+            })
+        });
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                // Clients that reset or send garbage end up here; the log is
+                // the only place that needs to know.
+                result = connection => if let Err(err) = result {
+                    debug!(%peer, "connection ended with an error: {err}");
+                },
+                closed = activity.watch(idle_timeout, write_timeout) => match closed {
+                    Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
+                    Closed::Stalled => {
+                        METRICS.stalled_connection();
+                        warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
+                    }
+                },
+            }
+        });
+    }
+
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections closed"),
+        () = tokio::time::sleep(settings.shutdown_timeout) => {
+            warn!("--shutdown-timeout over; closing the remaining connections");
+        }
+    }
+}

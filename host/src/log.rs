@@ -1,0 +1,140 @@
+//! The server's logs: the subscriber and the non-blocking writer every line
+//! goes through, and each request's identity in them. A request is a
+//! `tracing` span (its id, method and path) entered for its whole life,
+//! including the guest's task, so every line logged while serving it (a
+//! host call's, a key-value store's, an outbound request's) carries it.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
+use std::task::{Context, Poll};
+
+use tracing::Span;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Log lines waiting for stderr. When stderr falls this far behind, new
+/// lines are dropped instead of making the server wait: at most
+/// [`crate::imports::output::MAX_LINE`] each, so the queue holds 32 MiB at worst.
+const LOG_QUEUE_LINES: usize = 2048;
+
+/// Where guests' lines go as plain text (`--log-format text`): the log's
+/// writer. Unset, they go out as log events.
+static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default
+/// `info`). Lines are written by a thread of their own: a stderr nobody
+/// reads fills its pipe, and a worker that wrote to it directly would stop
+/// serving. The guard flushes what is queued when dropped.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, flush_on_exit) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(writer.clone());
+    match format {
+        LogFormat::Text => {
+            let _ = TEXT_SINK.set(writer);
+            logs.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        LogFormat::Json => logs.json().init(),
+    }
+    flush_on_exit
+}
+
+/// Where guest output goes as text, `[id stream] line`, if the log is text;
+/// `None` means each line is a log event.
+pub fn text_sink() -> Option<&'static NonBlocking> {
+    TEXT_SINK.get()
+}
+
+/// Identifies one request in the logs: a per-process random prefix (so ids
+/// from different runs or processes do not collide) and a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+/// Random per process, from the OS-seeded keys of std's hasher.
+static PROCESS: LazyLock<u32> = LazyLock::new(|| {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+});
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the request whose future this thread is polling. Only
+    /// guest output's text lines need it as a value; every log event gets it
+    /// from the span.
+    static CURRENT: Cell<Option<RequestId>> = const { Cell::new(None) };
+}
+
+impl RequestId {
+    pub fn next() -> Self {
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The request being served on this thread, or a new id for work that
+    /// is no request's (the trial instantiation of a component).
+    pub fn current() -> Self {
+        CURRENT.get().unwrap_or_else(Self::next)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}-{}", *PROCESS, self.0)
+    }
+}
+
+/// A request's span: every line logged inside it says which request.
+pub fn request_span(id: RequestId, method: &hyper::Method, path: &str) -> Span {
+    tracing::info_span!("request", %id, %method, path)
+}
+
+pin_project_lite::pin_project! {
+    /// A future of one request, polled inside its span and with its id
+    /// current.
+    pub struct InRequest<F> {
+        id: RequestId,
+        span: Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> InRequest<F> {
+    pub fn new(id: RequestId, span: Span, inner: F) -> Self {
+        Self { id, span, inner }
+    }
+
+    /// `inner` in the request being served now: for work a request moves
+    /// onto a task of its own.
+    pub fn current(inner: F) -> Self {
+        Self::new(RequestId::current(), Span::current(), inner)
+    }
+}
+
+impl<F: Future> Future for InRequest<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let outer = CURRENT.replace(Some(*this.id));
+        let poll = this.inner.poll(cx);
+        CURRENT.set(outer);
+        poll
+    }
+}
