@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::imports::http_hooks::Destination;
 use crate::imports::keyvalue;
+pub use crate::log::LogFormat;
 
 /// Most `--processes`: far more cores than any machine this serves on has,
 /// while a typo (`--processes 10000`) is refused rather than forking that
@@ -264,12 +265,6 @@ fn keyvalue_store(arg: &str) -> Result<(String, keyvalue::Url), String> {
         return Err(format!("`{arg}`: the store's name is empty"));
     }
     Ok((name.to_string(), url.parse()?))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// `KEY=VALUE`, or `KEY` taken from the server's environment.

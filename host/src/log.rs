@@ -17,12 +17,20 @@ use tracing::Span;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
-
 /// Log lines waiting for stderr. When stderr falls this far behind, new
 /// lines are dropped instead of making the server wait: at most
-/// [`crate::imports::output::MAX_LINE`] each, so the queue holds 32 MiB at worst.
+/// 16 KiB each (a guest's output line is cut at that), so the queue holds
+/// 32 MiB at worst.
 const LOG_QUEUE_LINES: usize = 2048;
+
+/// How log lines are written to stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 /// Where guests' lines go as plain text (`--log-format text`): the log's
 /// writer. Unset, they go out as log events.
@@ -99,8 +107,8 @@ impl fmt::Display for RequestId {
 }
 
 /// A request's span: every line logged inside it says which request.
-pub fn request_span(id: RequestId, method: &hyper::Method, path: &str) -> Span {
-    tracing::info_span!("request", %id, %method, path)
+pub fn request_span(id: RequestId) -> Span {
+    tracing::info_span!("request", %id)
 }
 
 pin_project_lite::pin_project! {

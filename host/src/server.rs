@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tracing::info;
 
@@ -22,7 +21,7 @@ use crate::http::{self, SERVER_RUNNING, Workers, fd_limit};
 use crate::imports::http_hooks::MAX_OUTBOUND;
 use crate::imports::keyvalue;
 use crate::ops::reload::{self, Reloader, Source};
-use crate::ops::{admin, link as supervisor_link};
+use crate::ops::{admin, link as supervisor_link, shutdown};
 
 /// What this process is.
 #[derive(Clone, Copy, Debug)]
@@ -90,25 +89,10 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         })?;
     // What the server serves and with what, said once per server: with
     // --processes, by the serving process started first.
-    let mut summary = vec![format!(
-        "serving {}, a {kind} component",
-        source.path.display()
-    )];
-    summary.extend(
-        stores
-            .describe()
-            .into_iter()
-            .map(|store| format!("key-value store {store}")),
-    );
-    summary.push(format!(
-        "each instance may hold {} resources in the host, {} at most \
-         (--max-guest-host-memory), beside {max_memory} of linear memory (--max-memory)",
-        host.resources,
-        bytesize::ByteSize(host.bound() as u64),
-    ));
-    if matches!(role, Role::Serving { first: false, .. }) {
-        summary.clear();
-    }
+    let summary = match role {
+        Role::Serving { first: false, .. } => Vec::new(),
+        _ => summary(&source, kind, &stores, host, max_memory),
+    };
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let (addr, shared) = match role {
             Role::Single => (addr, false),
@@ -116,13 +100,13 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         };
         let listener =
             http::bind(addr, shared).with_context(|| format!("cannot listen on {addr}"))?;
-        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        let shutdown = shutdown::signal().context("installing signal handlers")?;
         let reloader = Reloader::new(engines, runner.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
         let admin = match role {
-            Role::Single => bind_admin(admin_addr).await?,
+            Role::Single => admin::bind(admin_addr).await?,
             Role::Serving { .. } => None,
         };
         anyhow::Ok((listener, shutdown, reloader, admin))
@@ -157,13 +141,31 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     Ok(())
 }
 
-/// Binds `--admin-addr`, if given.
-pub async fn bind_admin(addr: Option<SocketAddr>) -> Result<Option<TcpListener>> {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
-    Ok(Some(listener))
+/// The startup lines that say what the server serves and with what.
+fn summary(
+    source: &Source,
+    kind: &str,
+    stores: &keyvalue::Stores,
+    host: HostBudget,
+    max_memory: bytesize::ByteSize,
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "serving {}, a {kind} component",
+        source.path.display()
+    )];
+    lines.extend(
+        stores
+            .describe()
+            .into_iter()
+            .map(|store| format!("key-value store {store}")),
+    );
+    lines.push(format!(
+        "each instance may hold {} resources in the host, {} at most \
+         (--max-guest-host-memory), beside {max_memory} of linear memory (--max-memory)",
+        host.resources,
+        bytesize::ByteSize(host.bound() as u64),
+    ));
+    lines
 }
 
 /// Gives memory the allocator holds free back to the kernel. Loading a
@@ -174,21 +176,6 @@ pub async fn bind_admin(addr: Option<SocketAddr>) -> Result<Option<TcpListener>>
 fn release_free_memory() {
     // SAFETY: mi_collect only frees what mimalloc itself holds unused.
     unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// Resolves on the first SIGINT or SIGTERM. The handlers are installed when
-/// this is called, not when it is first polled, so a signal that arrives right
-/// after the "Server running" line is not lost.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT received"),
-            _ = terminate.recv() => info!("SIGTERM received"),
-        }
-    })
 }
 
 impl Settings {

@@ -7,7 +7,11 @@ use crate::imports::http_hooks::{
 };
 use crate::imports::output::MAX_LINE;
 
-use super::state::MAX_RANDOM_BYTES;
+/// Largest `wasi:random` request a guest may make; larger ones trap. The host
+/// allocates the whole buffer before copying it into the guest, so
+/// wasmtime-wasi's default of 64 MiB per call would let each instance make the
+/// host allocate far past `--max-memory`. Keys and seeds need bytes, not MiB.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// Longest path of a request a guest builds: the `http` crate's own cap.
 const MAX_PATH: usize = 64 << 10;

@@ -11,8 +11,8 @@ use slab::Slab;
 use tokio::task::AbortHandle;
 use tracing::{Span, warn};
 
+use super::call::CallState;
 use super::failure::Evicted;
-use super::task::CallState;
 use crate::metrics::METRICS;
 
 /// Calls running on their own tasks. Only calls that wait are here: one

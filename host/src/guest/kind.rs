@@ -1,7 +1,7 @@
-//! The one place WASI 0.2 and WASI 0.3 guests differ: a [`Guest`] is one
-//! or the other, found once when the component is linked, and a request is
-//! served by one generic path ([`super::runner`]) over what differs: the
-//! [`Kind`] trait, implemented by [`super::p2::P2`] and [`super::p3::P3`].
+//! The one place WASI 0.2 and WASI 0.3 guests differ: a component is one
+//! or the other (a `Guest`, found once when it is linked), and a request is
+//! served by one generic path (`runner`) over what differs: the [`Kind`]
+//! trait, implemented by `P2` and `P3`.
 //!
 //! wasmtime-wasi-http has this choice too (`handler::ProxyPre`), for its
 //! `ProxyHandler`, which reuses an instance for many requests; this server
@@ -10,7 +10,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,8 +19,6 @@ use tokio::sync::oneshot;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::p2::P2;
-use super::p3::P3;
 use super::state::RequestState;
 
 /// What differs between the two kinds of guest on the request path.
@@ -63,41 +60,6 @@ pub trait Kind: Send + Sync + 'static {
         pre: &Self::Pre,
         store: &mut Store<RequestState>,
     ) -> impl Future<Output = wasmtime::Result<()>> + Send;
-}
-
-/// A component ready to instantiate, of the kind it was found to be.
-#[derive(Clone)]
-pub enum Guest {
-    /// Exports `wasi:http/incoming-handler@0.2.x`.
-    P2(Arc<<P2 as Kind>::Pre>),
-    /// Exports `wasi:http/handler@0.3.x`.
-    P3(Arc<<P3 as Kind>::Pre>),
-}
-
-impl Guest {
-    /// Which WASI the component is written for, for the log.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Guest::P2(_) => P2::NAME,
-            Guest::P3(_) => P3::NAME,
-        }
-    }
-
-    /// The engine the component was compiled for.
-    pub fn engine(&self) -> &Engine {
-        match self {
-            Guest::P2(pre) => P2::engine(pre),
-            Guest::P3(pre) => P3::engine(pre),
-        }
-    }
-
-    /// Instantiates the component once in `store` and drops the instance.
-    pub async fn instantiate(&self, store: &mut Store<RequestState>) -> wasmtime::Result<()> {
-        match self {
-            Guest::P2(pre) => P2::instantiate(pre, store).await,
-            Guest::P3(pre) => P3::instantiate(pre, store).await,
-        }
-    }
 }
 
 /// Where the guest's response head arrives. Its sender goes with the store

@@ -11,7 +11,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use super::kind::Guest;
+use super::loaded::Guest;
 use super::state::RequestState;
 use crate::compile::{self, Abi, Engines};
 use crate::imports::http_hooks::{MAX_AUTHORITY, MAX_METHOD};

@@ -3,10 +3,12 @@
 //! response bodies, and the one place WASI 0.2 and 0.3 guests differ.
 
 pub mod budget;
+pub mod call;
 mod eviction;
 mod failure;
 pub mod kind;
 pub mod link;
+pub mod loaded;
 pub mod p2;
 pub mod p3;
 pub mod request_body;

@@ -15,15 +15,17 @@ use hyper::{Request, Response, StatusCode, header};
 use tokio::time::Instant;
 use wasmtime::{Engine, Store, UpdateDeadline};
 
+use super::call::{self, CallState};
 use super::failure::{MemoryLimitHit, TimedOut};
-use super::kind::{Guest, Kind};
+use super::kind::Kind;
+use super::loaded::Guest;
 use super::p2::P2;
 use super::p3::P3;
 use super::request_body::CappedBody;
 use super::response::{self, ResponseBody};
 use super::slots::{Slot, Slots};
 use super::state::{RequestState, Sandbox};
-use super::task::{self, CallState, GuestTask};
+use super::task::GuestTask;
 use crate::compile::pool::PoolSettings;
 use crate::imports::keyvalue::Ticket;
 use crate::metrics::METRICS;
@@ -204,7 +206,7 @@ impl Runner {
             None => response::too_large(max_body, Some(guest)),
             Some(Ok(Ok(response))) => {
                 if let Some(err) = guest.state().mark_head_sent() {
-                    task::log_cut_off(err);
+                    call::log_cut_off(err);
                 }
                 let complete_at =
                     ResponseBody::complete_at(&method, response.status(), response.headers());

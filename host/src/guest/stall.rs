@@ -3,7 +3,7 @@
 //! hyper a frame until hyper comes back for the next, which hyper does only
 //! once the client has taken the last (its TCP window over HTTP/1.1, its
 //! stream window over HTTP/2). The connection's `--write-timeout`
-//! ([`crate::http`]'s watchdog) and the eviction of stalled calls
+//! (the connection watchdog in `http`) and the eviction of stalled calls
 //! ([`super::eviction`]) both read these stamps.
 
 use std::sync::LazyLock;

@@ -17,13 +17,7 @@ use crate::imports::http_hooks::{Destination, OutboundPolicy};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
 use crate::imports::output::GuestOutput;
 
-use super::budget::HostBudget;
-
-/// Largest `wasi:random` request a guest may make; larger ones trap. The host
-/// allocates the whole buffer before copying it into the guest, so
-/// wasmtime-wasi's default of 64 MiB per call would let each instance make the
-/// host allocate far past `--max-memory`. Keys and seeds need bytes, not MiB.
-pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+use super::budget::{HostBudget, MAX_RANDOM_BYTES};
 
 /// The limits every request's sandbox is built with, derived once from the
 /// command line.

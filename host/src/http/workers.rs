@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Settings;
-use super::access::{self, Access, ClientBody};
+use super::access::{Access, ClientBody};
 use super::watchdog::{Activity, Closed, InFlight};
 use crate::guest::runner::Runner;
 use crate::log::{self, InRequest, RequestId};
@@ -108,54 +108,7 @@ async fn work(
         permit,
     }) = incoming.recv().await
     {
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                warn!(%peer, "cannot serve the connection: {err}");
-                continue;
-            }
-        };
-        let activity = Activity::new();
-        let runner = runner.clone();
-        let watched = activity.clone();
-        let access_log = settings.access_log;
-        let service = service_fn(move |request: Request<Incoming>| {
-            let runner = runner.clone();
-            let in_flight = InFlight::start(watched.clone());
-            let id = RequestId::next();
-            let span = log::request_span(id, request.method(), access::path_and_query(&request));
-            let access = access_log.then(|| Access::start(id, &request));
-            let started = Instant::now();
-            InRequest::new(id, span, async move {
-                let response = runner.handle(request).await;
-                let status = response.status();
-                Ok::<_, Infallible>(
-                    response.map(|body| ClientBody::new(body, in_flight, status, started, access)),
-                )
-            })
-        });
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                // Clients that reset or send garbage end up here; the log is
-                // the only place that needs to know.
-                result = connection => if let Err(err) = result {
-                    debug!(%peer, "connection ended with an error: {err}");
-                },
-                closed = activity.watch(idle_timeout, write_timeout) => match closed {
-                    Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
-                    Closed::Stalled => {
-                        METRICS.stalled_connection();
-                        warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
-                    }
-                },
-            }
-        });
+        serve_connection(&http, &graceful, stream, peer, permit, &runner, settings);
     }
 
     tokio::select! {
@@ -164,4 +117,64 @@ async fn work(
             warn!("--shutdown-timeout over; closing the remaining connections");
         }
     }
+}
+
+/// Serves one connection on a task of its own, under its watchdog.
+fn serve_connection(
+    http: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    runner: &Arc<Runner>,
+    settings: &Settings,
+) {
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(err) => {
+            warn!(%peer, "cannot serve the connection: {err}");
+            return;
+        }
+    };
+    let activity = Activity::new();
+    let runner = runner.clone();
+    let watched = activity.clone();
+    let access_log = settings.access_log;
+    let service = service_fn(move |request: Request<Incoming>| {
+        let runner = runner.clone();
+        let in_flight = InFlight::start(watched.clone());
+        let id = RequestId::next();
+        let span = log::request_span(id);
+        let access = access_log.then(|| Access::start(id, &request));
+        let started = Instant::now();
+        InRequest::new(id, span, async move {
+            let response = runner.handle(request).await;
+            let status = response.status();
+            Ok::<_, Infallible>(
+                response.map(|body| ClientBody::new(body, in_flight, status, started, access)),
+            )
+        })
+    });
+    let connection = http
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
+    tokio::spawn(async move {
+        let _permit = permit;
+        tokio::select! {
+            // Clients that reset or send garbage end up here; the log is
+            // the only place that needs to know.
+            result = connection => if let Err(err) = result {
+                debug!(%peer, "connection ended with an error: {err}");
+            },
+            closed = activity.watch(idle_timeout, write_timeout) => match closed {
+                Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
+                Closed::Stalled => {
+                    METRICS.stalled_connection();
+                    warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
+                }
+            },
+        }
+    });
 }

@@ -9,6 +9,7 @@
 //! sending traffic exactly then.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,15 @@ pub struct Reports {
 
 /// Whether anything serves (see [`Reports::serving`]).
 pub type Serving = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Binds `--admin-addr`, if given.
+pub async fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
+    Ok(Some(listener))
+}
 
 /// Says where the admin endpoint is (the line after "Server running" on
 /// stdout), then serves it as [`spawn`] does.

@@ -5,4 +5,5 @@ pub mod admin;
 pub mod link;
 mod metrics_sum;
 pub mod reload;
+pub mod shutdown;
 pub mod supervisor;

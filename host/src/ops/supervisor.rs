@@ -48,10 +48,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::http::{self, SERVER_RUNNING};
-use crate::server;
 
-use super::admin;
 use super::link::{self, Link};
+use super::{admin, shutdown};
 
 /// Wait before starting a serving process again after one died, so a
 /// process that dies at once (its component file now broken) is retried
@@ -72,9 +71,9 @@ pub async fn run(
     shutdown_timeout: Duration,
 ) -> Result<()> {
     let port = http::reserve(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let mut shutdown = Box::pin(server::shutdown_signal().context("installing signal handlers")?);
+    let mut shutdown = Box::pin(shutdown::signal().context("installing signal handlers")?);
     let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let admin = server::bind_admin(admin_addr).await?;
+    let admin = admin::bind(admin_addr).await?;
     let addr = port.local_addr()?;
     // A large component can take the first serving process seconds to
     // compile; SIGTERM meanwhile stops the server then, not once it serves.
