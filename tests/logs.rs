@@ -211,3 +211,54 @@ async fn stuck_stderr_does_not_stall_the_server() {
         assert_eq!(reply.text(), "printed\n");
     }
 }
+
+/// The host's own lines about a request carry the request's id, without
+/// the code that logs them being given it: a host hook's (an outbound
+/// request denied, inside the guest's call) and one from the guest's own
+/// task after the head went out (its body cut off at the deadline). The id
+/// is the one on the request's access line.
+#[tokio::test]
+async fn host_lines_about_a_request_carry_its_id() {
+    for testbed in TESTBEDS {
+        println!("with {testbed}");
+        let server = Server::start(testbed, &["--access-log", "--request-timeout", "500ms"]);
+        let mut conn = Conn::http1(server.addr).await;
+        let denied = conn
+            .send("GET", "/outbound?authority=127.0.0.1:9&token=denied", "")
+            .await;
+        assert_eq!(denied.status, StatusCode::BAD_GATEWAY);
+        let cut = Conn::http1(server.addr)
+            .await
+            .try_send("GET", "/stream?chunks=20&ms=100", "")
+            .await;
+        assert!(cut.is_err(), "the body was not cut off: {cut:?}");
+        server.wait_for_log("GET /stream?chunks=20").await;
+        server.wait_for_log("cut it off").await;
+
+        let log = server.log();
+        let id_of = |access: &str| {
+            let line = log
+                .lines()
+                .find(|line| line.contains(" access: ") && line.contains(access))
+                .unwrap_or_else(|| panic!("no access line for {access:?} in:\n{log}"));
+            let id = line
+                .split("id=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next());
+            format!("request{{id={}}}", id.expect("an id"))
+        };
+        let line_with = |needle: &str| {
+            log.lines()
+                .find(|line| line.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+                .to_string()
+        };
+        let denied_line = line_with("outbound request denied");
+        assert!(
+            denied_line.contains(&id_of("token=denied")),
+            "{denied_line}"
+        );
+        let cut_line = line_with("cut it off");
+        assert!(cut_line.contains(&id_of("/stream?chunks=20")), "{cut_line}");
+    }
+}

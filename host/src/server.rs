@@ -72,21 +72,8 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     } else {
         pool.slots * MAX_OUTBOUND
     };
-    // Compile and link before listening: a bad component never gets a port.
-    let engines = Arc::new(Engines::new(pool));
-    let loaded = reload::stamp(&source.path);
-    let guest = link::load(&engines, &source.path, source.cache_dir.as_deref())?;
-    let kind = guest.kind();
-    let runner = Arc::new(Runner::new(guest, pool, sandbox, limits));
-    runtime
-        .block_on(runner.check())
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
-            format!(
-                "cannot serve {}: instantiating it failed",
-                source.path.display()
-            )
-        })?;
+    let (engines, runner, loaded) = load(&source, pool, sandbox, limits, runtime)?;
+    let kind = runner.kind();
     // What the server serves and with what, said once per server: with
     // --processes, by the serving process started first.
     let summary = match role {
@@ -139,6 +126,32 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     admin::set_draining();
     workers.drain();
     Ok(())
+}
+
+/// Compiles and links the component at `source`, and instantiates it once,
+/// before the server listens: a bad component never gets a port. Returns
+/// the engines (for reloads), the runner, and the stamp of the file loaded.
+fn load(
+    source: &Source,
+    pool: PoolSettings,
+    sandbox: Sandbox,
+    limits: RequestLimits,
+    runtime: &Runtime,
+) -> Result<(Arc<Engines>, Arc<Runner>, reload::Stamp)> {
+    let engines = Arc::new(Engines::new(pool));
+    let loaded = reload::stamp(&source.path);
+    let guest = link::load(&engines, &source.path, source.cache_dir.as_deref())?;
+    let runner = Arc::new(Runner::new(guest, pool, sandbox, limits));
+    runtime
+        .block_on(runner.check())
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "cannot serve {}: instantiating it failed",
+                source.path.display()
+            )
+        })?;
+    Ok((engines, runner, loaded))
 }
 
 /// The startup lines that say what the server serves and with what.

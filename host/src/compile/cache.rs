@@ -7,15 +7,17 @@
 //! is its checksum (`NAME.xxh3`, a 128-bit XXH3), checked before wasmtime
 //! maps the entry as code, so a corrupted or truncated entry is recompiled,
 //! not run. The checksum guards against corruption, not forgery (see
-//! below), so it need not be cryptographic: SHA-256 of the Python guest's
-//! 38 MB entry took 19 ms of every start, XXH3 takes 2 ms. Both are
-//! written to temporary files and renamed into place, the checksum first, so
-//! readers never see half of either, nor an entry without its checksum.
+//! below), so it need not be cryptographic, and XXH3 is several times
+//! faster to check on every start than SHA-256. Both are written to
+//! temporary files and renamed into place, the checksum first, so readers
+//! never see half of either, nor an entry without its checksum.
 //!
 //! The entry is the compiled component exactly as wasmtime serialized it, so
 //! wasmtime maps the file itself (`deserialize_file`) instead of copying it
-//! into memory: only the code a guest runs becomes resident (the JS guest's
-//! entry is 38 MB), and a warm start skips a copy.
+//! into memory: only the code a guest runs becomes resident, and a warm
+//! start skips a copy. That is why this is not wasmtime's own cache
+//! (`Config::cache`): it reads each entry into memory and decompresses it,
+//! so every serving process would hold a private copy of all of the code.
 //!
 //! Entries are native code that the server maps and runs: a directory that
 //! another user owns, or that group or others may write to, could be given a

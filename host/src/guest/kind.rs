@@ -1,11 +1,15 @@
-//! The one place WASI 0.2 and WASI 0.3 guests differ: a component is one
-//! or the other (a `Guest`, found once when it is linked), and a request is
-//! served by one generic path (`runner`) over what differs: the [`Kind`]
-//! trait, implemented by `P2` and `P3`.
+//! What differs between WASI 0.2 and WASI 0.3 guests: the [`Kind`] trait,
+//! implemented by `P2` (`p2.rs`) and `P3` (`p3.rs`). A component is one or
+//! the other (a `Guest`, `loaded.rs`), found once when it is linked; a
+//! request is matched on it once (`runner.rs`) and then served by one path,
+//! generic over its kind.
 //!
-//! wasmtime-wasi-http has this choice too (`handler::ProxyPre`), for its
-//! `ProxyHandler`, which reuses an instance for many requests; this server
-//! never does (a fresh instance per request), so it keeps its own pair.
+//! wasmtime-wasi-http has this choice too (`handler::ProxyPre` and
+//! `Proxy`), made for its `ProxyHandler`, which reuses an instance for many
+//! requests; this server never reuses one. Its enum is not used either: the
+//! request path takes the kind's own pre-instance into the guest's task (an
+//! `Arc`), typed, so that nothing matches on the kind again after the one
+//! dispatch.
 
 use std::fmt;
 use std::future::Future;

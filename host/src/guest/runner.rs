@@ -67,6 +67,11 @@ impl Runner {
         }
     }
 
+    /// Which WASI the component served now is written for, for the log.
+    pub fn kind(&self) -> &'static str {
+        self.guest.load().kind()
+    }
+
     /// Instantiates the component once and drops it, so that a component that
     /// cannot be instantiated (it needs more than the pool's per-component
     /// limits, or traps in a start function) fails at startup rather than on
@@ -190,7 +195,7 @@ impl Runner {
             // held, so the head or body that sees its end can read why.
             drop(instance);
         });
-        let guest = GuestTask::start(call, state).await;
+        let guest = GuestTask::start(call, state, self.slots.evictable()).await;
 
         // Wait for the response head. Its sender goes with the store or the
         // call, so `head` also resolves when the guest's call ends without one.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::eviction;
+use super::eviction::Evictable;
 
 /// How long a response must have waited on its client before a request
 /// that finds every instance slot taken may cut it off and take its slot.
@@ -19,6 +19,10 @@ use super::eviction;
 /// the default `--queue-timeout` (1 s).
 const EVICTION_GRACE: Duration = Duration::from_millis(500);
 
+/// How often a waiting request looks for a stalled call to evict: a fraction
+/// of the grace, so a call is cut off soon after it qualifies.
+const EVICTION_POLL: Duration = Duration::from_millis(125);
+
 /// An instance slot, given back when dropped.
 pub type Slot = OwnedSemaphorePermit;
 
@@ -27,6 +31,8 @@ pub struct Slots {
     permits: Arc<Semaphore>,
     /// `--queue-timeout`: how long a request waits for a slot.
     queue_timeout: Duration,
+    /// The calls holding slots that a waiting request may evict.
+    evictable: Arc<Evictable>,
 }
 
 impl Slots {
@@ -34,11 +40,17 @@ impl Slots {
         Self {
             permits: Arc::new(Semaphore::new(count)),
             queue_timeout,
+            evictable: Arc::default(),
         }
     }
 
     pub fn queue_timeout(&self) -> Duration {
         self.queue_timeout
+    }
+
+    /// Where a call that runs on its own task registers to be evictable.
+    pub fn evictable(&self) -> &Arc<Evictable> {
+        &self.evictable
     }
 
     /// Takes a slot for a request: at once if one is free (without arming a
@@ -55,11 +67,11 @@ impl Slots {
         // in the semaphore's queue.
         let mut wait = std::pin::pin!(self.permits.clone().acquire_owned());
         loop {
-            eviction::evict_stalled(EVICTION_GRACE);
+            self.evictable.evict_stalled(EVICTION_GRACE);
             tokio::select! {
                 slot = &mut wait => return slot.ok(),
                 () = &mut give_up => return None,
-                () = tokio::time::sleep(EVICTION_GRACE / 4) => {}
+                () = tokio::time::sleep(EVICTION_POLL) => {}
             }
         }
     }

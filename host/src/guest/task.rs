@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 use tracing::Span;
 
 use super::call::CallState;
-use super::eviction;
+use super::eviction::Evictable;
 use crate::log::InRequest;
 
 /// A guest's call, inline or on its own task. Dropping it aborts the task
@@ -34,12 +34,14 @@ pub struct GuestTask {
 pub type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl GuestTask {
-    /// Starts `call`, which reports to `state`.
-    pub async fn start(call: Call, state: Arc<CallState>) -> Self {
+    /// Starts `call`, which reports to `state`; if it waits, it becomes
+    /// `evictable`.
+    pub async fn start(call: Call, state: Arc<CallState>, evictable: &Arc<Evictable>) -> Self {
         let mut timed = TimedCall {
             call,
             state: state.clone(),
             done: false,
+            evictable: None,
         };
         // One inline poll: a guest that does not wait finishes here.
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut timed).poll(cx))).await;
@@ -47,11 +49,12 @@ impl GuestTask {
             Poll::Ready(()) => None,
             Poll::Pending => {
                 let span = Span::current();
+                timed.evictable = Some(evictable.clone());
                 let abort = tokio::spawn(InRequest::current(timed)).abort_handle();
                 // The spawned task cannot run before this returns (the
                 // runtime is single-threaded), so its key is set before it
                 // can look for it.
-                let key = eviction::register(state.clone(), abort.clone(), span);
+                let key = evictable.register(state.clone(), abort.clone(), span);
                 let _ = state.running_key.set(key);
                 Some(abort)
             }
@@ -83,6 +86,8 @@ struct TimedCall {
     call: Call,
     state: Arc<CallState>,
     done: bool,
+    /// Where the call is registered, once it runs on its own task.
+    evictable: Option<Arc<Evictable>>,
 }
 
 impl Future for TimedCall {
@@ -105,8 +110,8 @@ impl Future for TimedCall {
 impl Drop for TimedCall {
     /// Finished or aborted, the call no longer holds a slot to evict.
     fn drop(&mut self) {
-        if let Some(&key) = self.state.running_key.get() {
-            eviction::unregister(key, &self.state);
+        if let (Some(evictable), Some(&key)) = (&self.evictable, self.state.running_key.get()) {
+            evictable.unregister(key, &self.state);
         }
     }
 }

@@ -347,7 +347,7 @@ impl From<ResourceTableError> for KvError {
 }
 
 /// Refuses `size` past `max`, naming the flag that sets it.
-fn within(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Result<(), KvError> {
+fn at_most(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Result<(), KvError> {
     if size > max {
         return Err(KvError::Other(format!(
             "{what} {size} {unit} is over the {max} allowed ({flag})"
@@ -371,7 +371,7 @@ impl KeyValue<'_> {
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
-        within(
+        at_most(
             key.len(),
             self.stores.limits.max_key,
             "a key of",
@@ -382,7 +382,7 @@ impl KeyValue<'_> {
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
         let max = self.stores.limits.max_value;
-        within(
+        at_most(
             value.len(),
             max,
             "a value of",
@@ -393,7 +393,7 @@ impl KeyValue<'_> {
 
     fn check_batch(&self, len: usize) -> Result<(), KvError> {
         let max = self.stores.limits.max_batch;
-        within(len, max, "a batch of", "keys", "--keyvalue-max-batch")
+        at_most(len, max, "a batch of", "keys", "--keyvalue-max-batch")
     }
 }
 

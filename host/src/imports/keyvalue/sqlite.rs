@@ -25,6 +25,11 @@ use tokio::sync::oneshot;
 
 use super::{Failure, Ticket};
 
+/// Pause between two tries to switch a new file to WAL while another
+/// process holds it: a switch takes microseconds, so a few milliseconds
+/// lets the other finish without keeping the request long.
+const WAL_SWITCH_RETRY: Duration = Duration::from_millis(5);
+
 /// Virtual machine steps between two checks that the running call's
 /// request still waits for it: about a millisecond of SQLite's work, so a
 /// long scan (`list-keys` far into a large store) stops soon after its
@@ -351,7 +356,7 @@ fn open(path: &Path) -> Result<Connection, Failure> {
         if err.sqlite_error_code() != Some(ErrorCode::DatabaseBusy) || !current_waiting() {
             return Err(down(err));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(WAL_SWITCH_RETRY);
     }
     // An immediate transaction takes the write lock before reading the
     // schema, so it waits (busy handler) rather than finding its snapshot
