@@ -261,6 +261,7 @@ impl Settings {
                 idle_timeout: cli.idle_timeout,
                 write_timeout: cli.write_timeout,
                 max_streams_per_connection: cli.max_streams_per_connection,
+                // Set by `run` from the open-file limit, once nothing can fail.
                 max_connections: 0,
                 shutdown_timeout: cli.shutdown_timeout,
             },
