@@ -23,7 +23,8 @@ use crate::imports::keyvalue;
 use crate::ops::reload::{self, Reloader, Source};
 use crate::ops::{admin, link as supervisor_link, shutdown};
 
-/// What this process is.
+/// What a serving process is (a supervisor serves nothing: it runs
+/// `ops::supervisor::run` instead).
 #[derive(Clone, Copy, Debug)]
 pub enum Role {
     /// The whole server, in this process.
@@ -48,8 +49,6 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// `--admin-addr`.
     pub admin_addr: Option<SocketAddr>,
-    /// `--max-memory`, as the operator wrote it, for the log.
-    pub max_memory: bytesize::ByteSize,
 }
 
 /// Loads the component, listens, and serves until shutdown.
@@ -63,7 +62,6 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         max_connections,
         addr,
         admin_addr,
-        max_memory,
     } = settings;
     let host = sandbox.host;
     let stores = sandbox.keyvalue.clone();
@@ -78,7 +76,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     // --processes, by the serving process started first.
     let summary = match role {
         Role::Serving { first: false, .. } => Vec::new(),
-        _ => summary(&source, kind, &stores, host, max_memory),
+        _ => summary(&source, kind, &stores, host, pool.max_memory),
     };
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let (addr, shared) = match role {
@@ -160,7 +158,7 @@ fn summary(
     kind: &str,
     stores: &keyvalue::Stores,
     host: HostBudget,
-    max_memory: bytesize::ByteSize,
+    max_memory: usize,
 ) -> Vec<String> {
     let mut lines = vec![format!(
         "serving {}, a {kind} component",
@@ -174,9 +172,10 @@ fn summary(
     );
     lines.push(format!(
         "each instance may hold {} resources in the host, {} at most \
-         (--max-guest-host-memory), beside {max_memory} of linear memory (--max-memory)",
+         (--max-guest-host-memory), beside {} of linear memory (--max-memory)",
         host.resources,
         bytesize::ByteSize(host.bound() as u64),
+        bytesize::ByteSize(max_memory as u64),
     ));
     lines
 }
@@ -268,7 +267,6 @@ impl Settings {
             max_connections,
             addr: cli.addr,
             admin_addr: cli.admin_addr,
-            max_memory: cli.max_memory,
         })
     }
 }

@@ -29,6 +29,8 @@ use super::state::RequestState;
 pub trait Kind: Send + Sync + 'static {
     /// The component, compiled and linked, its handler export resolved.
     type Pre: Send + Sync + 'static;
+    /// One instance of it.
+    type Instance: Send;
     /// The request handed to the store, ready for the guest's call.
     type Prepared: Send + 'static;
     /// The wasi:http error code a guest may answer with instead of a
@@ -40,12 +42,11 @@ pub trait Kind: Send + Sync + 'static {
 
     fn engine(pre: &Self::Pre) -> &Engine;
 
-    /// Instantiates `pre` in `store` and drops the instance: the trial at
-    /// startup and reload.
+    /// A fresh instance of `pre` in `store`.
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<RequestState>,
-    ) -> impl Future<Output = wasmtime::Result<()>> + Send;
+    ) -> impl Future<Output = wasmtime::Result<Self::Instance>> + Send;
 
     /// Hands `request` to `store`. Fails with the reason the request cannot
     /// be given to a guest (in practice: neither an absolute URI nor a
@@ -58,10 +59,10 @@ pub trait Kind: Send + Sync + 'static {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>;
 
-    /// Instantiates `pre` in `store` and runs the guest's call to its end.
-    fn run(
+    /// Runs the guest's call on `instance` to its end.
+    fn call(
+        instance: Self::Instance,
         prepared: Self::Prepared,
-        pre: &Self::Pre,
         store: &mut Store<RequestState>,
     ) -> impl Future<Output = wasmtime::Result<()>> + Send;
 }

@@ -39,8 +39,8 @@ impl Guest {
     /// Instantiates the component once in `store` and drops the instance.
     pub async fn instantiate(&self, store: &mut Store<RequestState>) -> wasmtime::Result<()> {
         match self {
-            Guest::P2(pre) => P2::instantiate(pre, store).await,
-            Guest::P3(pre) => P3::instantiate(pre, store).await,
+            Guest::P2(pre) => P2::instantiate(pre, store).await.map(drop),
+            Guest::P3(pre) => P3::instantiate(pre, store).await.map(drop),
         }
     }
 }

@@ -10,14 +10,13 @@ use tokio::sync::oneshot;
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{
     ErrorCode, IncomingRequest, ResponseOutparam, Scheme,
 };
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use super::kind::{Head, Kind};
 use super::state::RequestState;
-use crate::metrics::METRICS;
 
 /// The WASI 0.2 kind of guest.
 pub struct P2;
@@ -30,6 +29,7 @@ pub struct Prepared {
 
 impl Kind for P2 {
     type Pre = ProxyPre<RequestState>;
+    type Instance = Proxy;
     type Prepared = Prepared;
     type ErrorCode = ErrorCode;
 
@@ -39,8 +39,11 @@ impl Kind for P2 {
         pre.engine()
     }
 
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<RequestState>) -> wasmtime::Result<()> {
-        pre.instantiate_async(store).await.map(drop)
+    async fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<RequestState>,
+    ) -> wasmtime::Result<Proxy> {
+        pre.instantiate_async(store).await
     }
 
     /// The head's sender lives in the store (the response outparam).
@@ -69,17 +72,14 @@ impl Kind for P2 {
         ))
     }
 
-    async fn run(
+    async fn call(
+        proxy: Proxy,
         prepared: Prepared,
-        pre: &Self::Pre,
         store: &mut Store<RequestState>,
     ) -> wasmtime::Result<()> {
-        let started = std::time::Instant::now();
-        let proxy = pre.instantiate_async(&mut *store).await?;
-        METRICS.instantiated(started.elapsed());
         proxy
             .wasi_http_incoming_handler()
-            .call_handle(&mut *store, prepared.request, prepared.response_out)
+            .call_handle(store, prepared.request, prepared.response_out)
             .await
     }
 }

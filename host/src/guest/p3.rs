@@ -17,12 +17,11 @@ use wasmtime::component::Accessor;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 use super::kind::{Head, Kind};
 use super::state::RequestState;
-use crate::metrics::METRICS;
 
 /// The WASI 0.3 kind of guest.
 pub struct P3;
@@ -39,6 +38,7 @@ pub struct Prepared {
 
 impl Kind for P3 {
     type Pre = ServicePre<RequestState>;
+    type Instance = Service;
     type Prepared = Prepared;
     type ErrorCode = ErrorCode;
 
@@ -48,8 +48,11 @@ impl Kind for P3 {
         pre.engine()
     }
 
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<RequestState>) -> wasmtime::Result<()> {
-        pre.instantiate_async(store).await.map(drop)
+    async fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<RequestState>,
+    ) -> wasmtime::Result<Service> {
+        pre.instantiate_async(store).await
     }
 
     /// The request's authority comes from the URI, or else from the `Host`
@@ -94,14 +97,11 @@ impl Kind for P3 {
     /// Calls the guest's `handle`, hands its response to the client, and
     /// runs the store until the guest is done (its body written, its
     /// spawned tasks ended).
-    async fn run(
+    async fn call(
+        service: Service,
         prepared: Prepared,
-        pre: &Self::Pre,
         store: &mut Store<RequestState>,
     ) -> wasmtime::Result<()> {
-        let started = std::time::Instant::now();
-        let service = pre.instantiate_async(&mut *store).await?;
-        METRICS.instantiated(started.elapsed());
         let Prepared {
             request,
             request_io,

@@ -184,7 +184,12 @@ impl Runner {
         let call = Box::pin(async move {
             let ticket = instance.store.data().ticket.clone();
             let store = &mut instance.store;
-            let run = K::run(prepared, &pre, store);
+            let run = async {
+                let started = std::time::Instant::now();
+                let instance = K::instantiate(&pre, &mut *store).await?;
+                METRICS.instantiated(started.elapsed());
+                K::call(instance, prepared, &mut *store).await
+            };
             let mut result = until_deadline(deadline, timeout, &ticket, run).await;
             if store.data().limiter.hit {
                 METRICS.memory_limit_hit();
