@@ -12,6 +12,10 @@ HELLO_P3 := $(COMPONENTS)/hello-p3.wasm
 TESTBED_P3 := $(COMPONENTS)/testbed-p3.wasm
 JS_GUEST := $(COMPONENTS)/js-guest.wasm
 PYTHON_GUEST := $(COMPONENTS)/python-guest.wasm
+# Components written with Spin's SDKs (README, "Guests from other toolchains").
+SPIN_GUESTS := spin-guest spin-v2-guest spin-sqlite-guest
+SPIN_TARGET := target/spin-guests
+SPIN_PYTHON_GUEST := $(COMPONENTS)/spin-python-guest.wasm
 # componentize-js (npm) and componentize-py (PyPI), at the versions pinned
 # beside each guest, installed here on first use.
 GUEST_TOOLS := $(CURDIR)/target/guest-tools
@@ -20,7 +24,7 @@ GUEST_TOOLS := $(CURDIR)/target/guest-tools
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
 BENCH_TOOLS := target/bench-tools
 
-.PHONY: all run build components real-guests redis hello targets test lint bench wit-deps clean
+.PHONY: all run build components real-guests spin-guests redis hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -58,7 +62,7 @@ hello: targets
 # componentize-js, against the WASI 0.2.10 WIT its engine carries (README), and
 # Python with componentize-py, against our WIT. Rebuilt only when their
 # sources or pinned tool versions change.
-real-guests: $(JS_GUEST) $(PYTHON_GUEST)
+real-guests: $(JS_GUEST) $(PYTHON_GUEST) spin-guests $(SPIN_PYTHON_GUEST)
 
 $(GUEST_TOOLS)/js/node_modules/.installed: tests/components/js-guest/package.json tests/components/js-guest/package-lock.json
 	mkdir -p $(GUEST_TOOLS)/js
@@ -81,6 +85,29 @@ $(PYTHON_GUEST): tests/components/python-guest/app.py $(wildcard wit/*.wit wit/d
 	$(GUEST_TOOLS)/python/bin/componentize-py --quiet -d wit -w wasi:http/proxy@0.2.12 \
 	  componentize -p tests/components/python-guest app -o $@
 
+# Rust components written with spin-sdk 7 and 5.2 from crates.io, each its own
+# crate and lock file, built as `spin build` builds them (cargo skips what is
+# fresh).
+spin-guests: targets
+	mkdir -p $(COMPONENTS)
+	for guest in $(SPIN_GUESTS); do \
+	  $(CARGO) build --release --locked --target wasm32-wasip2 --target-dir $(SPIN_TARGET) \
+	    --manifest-path tests/components/$$guest/Cargo.toml && \
+	  cp $(SPIN_TARGET)/wasm32-wasip2/release/$$(echo $$guest | tr - _).wasm $(COMPONENTS)/$$guest.wasm || exit 1; \
+	done
+
+# Python with PyPI's spin-sdk, built as its README says (componentize-py finds
+# the SDK's WIT in the venv it runs from).
+$(GUEST_TOOLS)/spin-python/.installed: tests/components/spin-python-guest/requirements.txt
+	python3 -m venv $(GUEST_TOOLS)/spin-python
+	$(GUEST_TOOLS)/spin-python/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+$(SPIN_PYTHON_GUEST): tests/components/spin-python-guest/app.py $(GUEST_TOOLS)/spin-python/.installed
+	mkdir -p $(COMPONENTS)
+	cd tests/components/spin-python-guest && PATH=$(GUEST_TOOLS)/spin-python/bin:$$PATH \
+	  componentize-py -w spin:up/http-trigger@4.1.0 componentize app -o $(CURDIR)/$@
+
 # The key-value tests run a real Redis (Debian's redis-server) of their own.
 redis:
 	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || (apt-get update && apt-get install -y redis-server)
@@ -93,6 +120,11 @@ lint: targets
 	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 --exclude state-guest -- -D warnings
 	$(CARGO) clippy --profile guest -p hello -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown -- -D warnings
 	$(CARGO) clippy --profile guest -p testbed -p state-guest --target wasm32-wasip2 -- -D warnings
+	for guest in $(SPIN_GUESTS); do \
+	  $(CARGO) fmt --check --manifest-path tests/components/$$guest/Cargo.toml && \
+	  $(CARGO) clippy --release --locked --target wasm32-wasip2 --target-dir $(SPIN_TARGET) \
+	    --manifest-path tests/components/$$guest/Cargo.toml -- -D warnings || exit 1; \
+	done
 
 # Our server against plain hyper, the Node.js seed and `wasmtime serve`, with wrk;
 # records the report in BENCHMARKS.md. Then the in-process microbenchmark.
@@ -107,21 +139,17 @@ bench: build real-guests
 	python3 bench/run.py --record
 	$(CARGO) bench -p micro-bench
 
-# Re-vendors wit/deps from the wasmtime crates we build against, so the WIT
-# our guests see is the WIT our host implements: WASI and wasi:http from
-# wasmtime-wasi-http, wasi:config from wasmtime-wasi-config. wit/deps/keyvalue
-# is kept: it comes from wasmtime-wasi-keyvalue 48.0.8 (what `wasmtime serve
-# -S keyvalue` links), which is not a dependency since the host implements
-# wasi:keyvalue itself. Never edit by hand.
+# Re-vendors wit/deps's WASI 0.2 and wasi:http from the wasmtime-wasi-http we
+# build against, so the WIT our guests see is the WIT our host implements. The
+# folders (wasi:config, wasi:keyvalue, Spin's) are kept: the host implements
+# them itself, and wit/README.md says where each comes from. Never edit by hand.
 wit-deps:
 	$(CARGO) fetch
-	crate_dir() { $(CARGO) metadata --format-version 1 | python3 -c 'import json, os, sys; \
+	http=$$($(CARGO) metadata --format-version 1 | python3 -c 'import json, os, sys; \
 	  pkgs = json.load(sys.stdin)["packages"]; \
-	  print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == sys.argv[1]))' "$$1"; }; \
-	http=$$(crate_dir wasmtime-wasi-http) && config=$$(crate_dir wasmtime-wasi-config) && \
-	rm -rf wit/deps/*.wit wit/deps/config && cp "$$http"/wit/deps/*.wit wit/deps/ && \
-	cp -r "$$config"/wit/deps/config wit/deps/ && \
-	echo "wit/deps vendored from $$http and $$config"
+	  print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == "wasmtime-wasi-http"))') && \
+	rm -f wit/deps/*.wit && cp "$$http"/wit/deps/*.wit wit/deps/ && \
+	echo "wit/deps/*.wit vendored from $$http"
 
 clean:
 	$(CARGO) clean

@@ -1,5 +1,6 @@
 //! Linking, done once per component: its imports resolved against WASI
-//! 0.2 and 0.3, wasi:http, wasi:config and wasi:keyvalue, its handler export
+//! 0.2 and 0.3, wasi:http, and the key-value and variables interfaces of
+//! wasmtime and Spin, its handler export
 //! found, so that per request only instantiation is left.
 
 use std::path::Path;
@@ -41,9 +42,14 @@ pub fn link(component: &Component, abi: Abi) -> Result<Guest> {
     }
     // Configuration and state, as `wasmtime serve -S config -S keyvalue`
     // and Spin give them: components built for those import them.
-    wasmtime_wasi_config::add_to_linker(&mut linker, RequestState::config)?;
-    crate::imports::keyvalue::add_to_linker(&mut linker, RequestState::keyvalue)?;
+    crate::imports::variables::add_to_linker(&mut linker, abi == Abi::Async, RequestState::config)?;
+    crate::imports::keyvalue::add_to_linker(
+        &mut linker,
+        abi == Abi::Async,
+        RequestState::keyvalue,
+    )?;
     bound_request_strings(&mut linker, abi)?;
+    crate::imports::spin_only::refuse(component)?;
     let pre = linker
         .instantiate_pre(component)
         .context("the component imports something this server does not provide")?;

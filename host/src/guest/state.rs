@@ -10,12 +10,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
 use crate::imports::http_hooks::{Destination, OutboundPolicy};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
 use crate::imports::output::GuestOutput;
+use crate::imports::variables::{Config, Variables};
 
 use super::budget::{HostBudget, MAX_RANDOM_BYTES};
 
@@ -31,8 +30,8 @@ pub struct Sandbox {
     pub max_output: usize,
     /// `--env`: the guest's whole environment.
     pub env: Arc<[(String, String)]>,
-    /// `--config`: what `wasi:config/store` answers.
-    pub config: Arc<WasiConfigVariables>,
+    /// `--config`: what `wasi:config/store` and Spin's variables answer.
+    pub config: Arc<Variables>,
     /// `--keyvalue`: the stores `wasi:keyvalue` opens.
     pub keyvalue: Arc<Stores>,
 }
@@ -49,7 +48,7 @@ pub struct RequestState {
     outbound: OutboundPolicy,
     /// Caps linear memory; remembers whether the guest ran into the cap.
     pub limiter: MemoryLimiter,
-    config: Arc<WasiConfigVariables>,
+    config: Arc<Variables>,
     keyvalue: Arc<Stores>,
     /// The request's deadline and commits, for its key-value calls.
     pub ticket: Arc<Ticket>,
@@ -85,9 +84,9 @@ impl RequestState {
         }
     }
 
-    /// What `wasi:config` sees.
-    pub fn config(&mut self) -> WasiConfig<'_> {
-        WasiConfig::new(&self.config)
+    /// What `wasi:config` and Spin's variables see.
+    pub fn config(&mut self) -> Config<'_> {
+        Config(&self.config)
     }
 
     /// What `wasi:keyvalue` sees: its buckets live in the request's one

@@ -1,8 +1,9 @@
 //! What guests call beyond WASI itself: the wasi-http hooks (outbound HTTP,
-//! body buffers), their stdout and stderr, and `wasi:keyvalue`.
-//! (`wasi:config` is wasmtime-wasi-config's, given the variables of
-//! `--config`.)
+//! body buffers), their stdout and stderr, key-value stores and variables,
+//! each in every version that wasmtime and Spin link.
 
 pub mod http_hooks;
 pub mod keyvalue;
 pub mod output;
+pub mod spin_only;
+pub mod variables;

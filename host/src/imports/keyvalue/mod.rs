@@ -1,6 +1,11 @@
-//! `wasi:keyvalue` (the `0.2.0-draft` that wasmtime 48 carries: `store`,
-//! `atomics`, `batch`) on stores the operator names with `--keyvalue
-//! [NAME=]URL`: SQLite files (`sqlite.rs`) or Redis servers (`redis.rs`).
+//! Key-value stores the operator names with `--keyvalue [NAME=]URL`, SQLite
+//! files (`sqlite.rs`) or Redis servers (`redis.rs`), and every interface
+//! through which a component uses them: `wasi:keyvalue@0.2.0-draft` (what
+//! wasmtime 48 carries), `wasi:keyvalue@0.2.0-draft2` (what Spin and
+//! spin-sdk 7 use), and Spin's own `fermyon:spin/key-value@2.0.0` and
+//! `spin:key-value@3.0.0`. The calls are written once, in [`Calls`]; each
+//! interface is a thin adapter over them (`wasi_draft.rs`, `wasi_draft2.rs`,
+//! `spin.rs`), so every version sees the same stores under the same limits.
 //!
 //! A guest opens a store by name; `""` and `"default"` are the default one,
 //! which without any `--keyvalue` is a SQLite file in the user's data
@@ -18,32 +23,22 @@
 //! someone else wrote into a shared store, larger than a guest may pass, is
 //! refused by its size as the store reports it.
 
+mod backend;
 mod redis;
+mod spin;
 mod sqlite;
+mod ticket;
+mod wasi_draft;
+mod wasi_draft2;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{error, info};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/deps/keyvalue",
-        world: "wasi:keyvalue/imports",
-        imports: { default: async | trappable },
-        with: {
-            "wasi:keyvalue/store.bucket": super::Bucket,
-        },
-        trappable_error_type: {
-            "wasi:keyvalue/store.error" => super::KvError,
-        },
-    });
-}
-
-use bindings::wasi::keyvalue::{atomics, batch, store};
+pub use ticket::Ticket;
 
 /// Where a store keeps its data. (Its `Debug` shows a Redis URL without
 /// its password.)
@@ -105,94 +100,6 @@ impl Limits {
     /// budget counts for one call.
     fn max_batch_bytes(&self) -> usize {
         self.max_batch.max(1).saturating_mul(self.max_value)
-    }
-}
-
-/// One request's side of its key-value calls: until when they may run, and
-/// whether a write of it is committing. A write commits only while its
-/// request still waits for it (not abandoned, deadline not passed), and the
-/// request's answer after its deadline waits for a commit that had already
-/// begun ([`Ticket::settled`]): so a client told its request failed never
-/// sees a write of it land later.
-pub struct Ticket {
-    deadline: Instant,
-    /// Set when the guest's call went away mid-call (its client left, or it
-    /// was evicted).
-    abandoned: AtomicBool,
-    /// Writes of this request between their last check and the end of their
-    /// commit.
-    committing: AtomicUsize,
-    committed: tokio::sync::Notify,
-}
-
-impl Ticket {
-    pub fn new(deadline: Instant) -> Self {
-        Self {
-            deadline,
-            abandoned: AtomicBool::new(false),
-            committing: AtomicUsize::new(0),
-            committed: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Whether the request still waits for its calls.
-    fn waiting(&self) -> bool {
-        !self.abandoned.load(Ordering::SeqCst) && Instant::now() < self.deadline
-    }
-
-    /// Marks the request abandoned if the returned guard is dropped before
-    /// [`Abandon::disarm`].
-    fn abandon_on_drop(&self) -> Abandon<'_> {
-        Abandon(self)
-    }
-
-    /// Starts a commit if the request still waits; the commit must be done
-    /// when the returned guard is dropped.
-    fn begin_commit(&self) -> Option<Committing<'_>> {
-        // Counted before the check: whoever sees the deadline passed after
-        // this check also sees the count (both SeqCst) and waits for it.
-        self.committing.fetch_add(1, Ordering::SeqCst);
-        let committing = Committing(self);
-        self.waiting().then_some(committing)
-    }
-
-    /// Resolves once no write of this request is committing; past the
-    /// deadline, none will start again.
-    pub async fn settled(&self) {
-        loop {
-            let committed = self.committed.notified();
-            let mut committed = std::pin::pin!(committed);
-            committed.as_mut().enable();
-            if self.committing.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            committed.await;
-        }
-    }
-}
-
-/// See [`Ticket::abandon_on_drop`].
-struct Abandon<'a>(&'a Ticket);
-
-impl Abandon<'_> {
-    fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Abandon<'_> {
-    fn drop(&mut self) {
-        self.0.abandoned.store(true, Ordering::SeqCst);
-    }
-}
-
-/// A commit in progress; see [`Ticket::begin_commit`].
-struct Committing<'a>(&'a Ticket);
-
-impl Drop for Committing<'_> {
-    fn drop(&mut self) {
-        self.0.committing.fetch_sub(1, Ordering::SeqCst);
-        self.0.committed.notify_waiters();
     }
 }
 
@@ -329,12 +236,13 @@ impl Store {
     }
 }
 
-/// A store the guest opened: which one.
+/// A store the guest opened: which one. Every interface's store or bucket
+/// resource is one of these.
 pub struct Bucket {
     store: usize,
 }
 
-/// `wasi:keyvalue/store.error`, as the host functions return it.
+/// Why a call failed, as every interface's error type says it.
 pub enum KvError {
     NoSuchStore,
     Other(String),
@@ -359,29 +267,86 @@ fn at_most(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Resul
 /// What the key-value host functions see of a request's store.
 pub struct KeyValue<'a> {
     pub table: &'a mut ResourceTable,
-    pub stores: &'a Stores,
+    pub stores: &'a Arc<Stores>,
     /// The request's deadline and commits.
     pub ticket: &'a Arc<Ticket>,
 }
 
 impl KeyValue<'_> {
-    fn store(&self, bucket: &Resource<Bucket>) -> Result<&Store, KvError> {
-        let index = self.table.get(bucket)?.store;
-        Ok(&self.stores.stores[index])
+    fn calls(&self) -> Calls<'_> {
+        Calls {
+            stores: self.stores,
+            ticket: self.ticket,
+        }
+    }
+
+    /// Which store `bucket` opened.
+    fn bucket(&self, bucket: &Resource<Bucket>) -> Result<usize, KvError> {
+        Ok(self.table.get(bucket)?.store)
+    }
+
+    /// A bucket on the store named `label`, in the request's table.
+    fn open(&mut self, label: &str) -> Result<Resource<Bucket>, KvError> {
+        let store = self.stores.find(label).ok_or(KvError::NoSuchStore)?;
+        Ok(self.table.push(Bucket { store })?)
+    }
+
+    /// What a call that runs across an await (WASI 0.3's `async` functions)
+    /// takes with it: the store of `bucket`, and the request's stores and
+    /// ticket, owned.
+    fn detach(&self, bucket: &Resource<Bucket>) -> Result<Detached, KvError> {
+        Ok(Detached {
+            store: self.bucket(bucket)?,
+            stores: self.stores.clone(),
+            ticket: self.ticket.clone(),
+        })
+    }
+}
+
+/// The key-value interfaces' view of a request's data.
+struct HasKeyValue;
+
+impl HasData for HasKeyValue {
+    type Data<'a> = KeyValue<'a>;
+}
+
+/// See [`KeyValue::detach`].
+struct Detached {
+    store: usize,
+    stores: Arc<Stores>,
+    ticket: Arc<Ticket>,
+}
+
+impl Detached {
+    fn calls(&self) -> Calls<'_> {
+        Calls {
+            stores: &self.stores,
+            ticket: &self.ticket,
+        }
+    }
+}
+
+/// Every call a guest can make on a store, whatever the interface: the
+/// sizes checked against the limits, then the store's answer recorded
+/// (outages logged once).
+#[derive(Clone, Copy)]
+struct Calls<'a> {
+    stores: &'a Stores,
+    ticket: &'a Arc<Ticket>,
+}
+
+impl Calls<'_> {
+    fn limits(&self) -> &Limits {
+        &self.stores.limits
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
-        at_most(
-            key.len(),
-            self.stores.limits.max_key,
-            "a key of",
-            "bytes",
-            "--keyvalue-max-key",
-        )
+        let max = self.limits().max_key;
+        at_most(key.len(), max, "a key of", "bytes", "--keyvalue-max-key")
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
-        let max = self.stores.limits.max_value;
+        let max = self.limits().max_value;
         at_most(
             value.len(),
             max,
@@ -392,242 +357,138 @@ impl KeyValue<'_> {
     }
 
     fn check_batch(&self, len: usize) -> Result<(), KvError> {
-        let max = self.stores.limits.max_batch;
+        let max = self.limits().max_batch;
         at_most(len, max, "a batch of", "keys", "--keyvalue-max-batch")
     }
-}
 
-/// Each call on either backend: SQLite's on the store's thread for the
-/// request of `ticket`; Redis's on its connection, dropped with the request.
-impl Backend {
-    async fn get(
-        &self,
-        ticket: &Arc<Ticket>,
-        key: String,
-        limits: &Limits,
-    ) -> Result<Option<Vec<u8>>, Failure> {
-        match self {
-            Backend::Sqlite(db) => db.get(ticket, key, limits.max_value).await,
-            Backend::Redis(redis) => redis.get(key, limits.max_value).await,
-        }
-    }
-
-    async fn set(&self, ticket: &Arc<Ticket>, key: String, value: Vec<u8>) -> Result<(), Failure> {
-        match self {
-            Backend::Sqlite(db) => db.set_many(ticket, vec![(key, value)]).await,
-            Backend::Redis(redis) => redis.set(key, value).await,
-        }
-    }
-
-    async fn delete_many(&self, ticket: &Arc<Ticket>, keys: Vec<String>) -> Result<(), Failure> {
-        match self {
-            Backend::Sqlite(db) => db.delete_many(ticket, keys).await,
-            Backend::Redis(redis) => redis.delete_many(keys).await,
-        }
-    }
-
-    async fn exists(&self, ticket: &Arc<Ticket>, key: String) -> Result<bool, Failure> {
-        match self {
-            Backend::Sqlite(db) => db.exists(ticket, key).await,
-            Backend::Redis(redis) => redis.exists(key).await,
-        }
-    }
-
-    async fn list_keys(
-        &self,
-        ticket: &Arc<Ticket>,
-        cursor: Option<u64>,
-        limits: &Limits,
-    ) -> Result<(Vec<String>, Option<u64>), Failure> {
-        let (page, max_key) = (limits.max_batch, limits.max_key);
-        match self {
-            Backend::Sqlite(db) => db.list_keys(ticket, cursor, page, max_key).await,
-            Backend::Redis(redis) => redis.list_keys(cursor, page, max_key).await,
-        }
-    }
-
-    async fn increment(
-        &self,
-        ticket: &Arc<Ticket>,
-        key: String,
-        delta: u64,
-    ) -> Result<u64, Failure> {
-        match self {
-            Backend::Sqlite(db) => db.increment(ticket, key, delta).await,
-            Backend::Redis(redis) => redis.increment(key, delta).await,
-        }
-    }
-
-    async fn get_many(
-        &self,
-        ticket: &Arc<Ticket>,
-        keys: Vec<String>,
-        limits: &Limits,
-    ) -> Result<Vec<Option<Vec<u8>>>, Failure> {
-        let (max_value, max_total) = (limits.max_value, limits.max_batch_bytes());
-        match self {
-            Backend::Sqlite(db) => db.get_many(ticket, keys, max_value, max_total).await,
-            Backend::Redis(redis) => redis.get_many(keys, max_value, max_total).await,
-        }
-    }
-
-    async fn set_many(
-        &self,
-        ticket: &Arc<Ticket>,
-        pairs: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), Failure> {
-        match self {
-            Backend::Sqlite(db) => db.set_many(ticket, pairs).await,
-            Backend::Redis(redis) => redis.set_many(pairs).await,
-        }
-    }
-}
-
-impl store::Host for KeyValue<'_> {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
-        let store = self.stores.find(&identifier).ok_or(KvError::NoSuchStore)?;
-        Ok(self.table.push(Bucket { store })?)
-    }
-
-    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
-        Ok(match err {
-            KvError::NoSuchStore => store::Error::NoSuchStore,
-            KvError::Other(reason) => store::Error::Other(reason),
-        })
-    }
-}
-
-impl store::HostBucket for KeyValue<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get(&self, store: usize, key: String) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(&key)?;
-        let store = self.store(&bucket)?;
-        store.record(
-            store
-                .backend
-                .get(self.ticket, key, &self.stores.limits)
-                .await,
-        )
+        let store = &self.stores.stores[store];
+        store.record(store.backend.get(self.ticket, key, self.limits()).await)
     }
 
-    async fn set(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), KvError> {
+    async fn set(&self, store: usize, key: String, value: Vec<u8>) -> Result<(), KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        let store = self.store(&bucket)?;
+        let store = &self.stores.stores[store];
         store.record(store.backend.set(self.ticket, key, value).await)
     }
 
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
+    async fn delete(&self, store: usize, key: String) -> Result<(), KvError> {
         self.check_key(&key)?;
-        let store = self.store(&bucket)?;
+        let store = &self.stores.stores[store];
         store.record(store.backend.delete_many(self.ticket, vec![key]).await)
     }
 
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+    async fn exists(&self, store: usize, key: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
-        let store = self.store(&bucket)?;
+        let store = &self.stores.stores[store];
         store.record(store.backend.exists(self.ticket, key).await)
     }
 
+    /// A page of keys, at most `--keyvalue-max-batch`, and the cursor of the
+    /// next one.
     async fn list_keys(
-        &mut self,
-        bucket: Resource<Bucket>,
+        &self,
+        store: usize,
         cursor: Option<u64>,
-    ) -> Result<store::KeyResponse, KvError> {
-        let store = self.store(&bucket)?;
-        let listed = store
-            .backend
-            .list_keys(self.ticket, cursor, &self.stores.limits);
-        let (keys, cursor) = store.record(listed.await)?;
-        Ok(store::KeyResponse { keys, cursor })
+    ) -> Result<(Vec<String>, Option<u64>), KvError> {
+        let store = &self.stores.stores[store];
+        let listed = store.backend.list_keys(self.ticket, cursor, self.limits());
+        store.record(listed.await)
     }
 
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
+    /// Every key at once, for the interfaces that list them in one answer
+    /// (Spin's): page after page, refused once the keys would take more
+    /// than a batch read may return, so that a large store costs the call
+    /// an error, not the host its memory.
+    async fn all_keys(&self, store: usize) -> Result<Vec<String>, KvError> {
+        let max_bytes = self.limits().max_batch_bytes();
+        let (mut keys, mut bytes, mut cursor) = (Vec::new(), 0usize, None);
+        loop {
+            let (page, next) = self.list_keys(store, cursor).await?;
+            bytes += page.iter().map(String::len).sum::<usize>();
+            at_most(
+                bytes,
+                max_bytes,
+                "listing keys of",
+                "bytes",
+                "--keyvalue-max-batch",
+            )?;
+            keys.extend(page);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
     }
-}
 
-impl atomics::Host for KeyValue<'_> {
-    async fn increment(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        delta: u64,
-    ) -> Result<u64, KvError> {
+    async fn increment(&self, store: usize, key: String, delta: i64) -> Result<i64, KvError> {
         self.check_key(&key)?;
-        let store = self.store(&bucket)?;
+        let store = &self.stores.stores[store];
         store.record(store.backend.increment(self.ticket, key, delta).await)
     }
-}
 
-impl batch::Host for KeyValue<'_> {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
-        self.check_batch(keys.len())?;
-        keys.iter().try_for_each(|key| self.check_key(key))?;
-        let store = self.store(&bucket)?;
-        let values = store
+    /// Sets `key` to `value` if it still holds `expected`; false if not.
+    async fn compare_and_swap(
+        &self,
+        store: usize,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        let store = &self.stores.stores[store];
+        let swap = store
             .backend
-            .get_many(self.ticket, keys.clone(), &self.stores.limits);
-        let values = store.record(values.await)?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .map(|(key, value)| value.map(|value| (key, value)))
-            .collect())
+            .compare_and_swap(self.ticket, key, expected, value);
+        store.record(swap.await)
     }
 
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), KvError> {
-        self.check_batch(key_values.len())?;
-        for (key, value) in &key_values {
+    /// Each key's value, `None` where absent, in the order asked.
+    async fn get_many(
+        &self,
+        store: usize,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        self.check_batch(keys.len())?;
+        keys.iter().try_for_each(|key| self.check_key(key))?;
+        let store = &self.stores.stores[store];
+        let values = store
+            .backend
+            .get_many(self.ticket, keys.clone(), self.limits());
+        let values = store.record(values.await)?;
+        Ok(keys.into_iter().zip(values).collect())
+    }
+
+    async fn set_many(&self, store: usize, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        self.check_batch(pairs.len())?;
+        for (key, value) in &pairs {
             self.check_key(key)?;
             self.check_value(value)?;
         }
-        let store = self.store(&bucket)?;
-        store.record(store.backend.set_many(self.ticket, key_values).await)
+        let store = &self.stores.stores[store];
+        store.record(store.backend.set_many(self.ticket, pairs).await)
     }
 
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<(), KvError> {
+    async fn delete_many(&self, store: usize, keys: Vec<String>) -> Result<(), KvError> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
-        let store = self.store(&bucket)?;
+        let store = &self.stores.stores[store];
         store.record(store.backend.delete_many(self.ticket, keys).await)
     }
 }
 
-struct HasKeyValue;
-
-impl HasData for HasKeyValue {
-    type Data<'a> = KeyValue<'a>;
-}
-
-/// Adds `wasi:keyvalue/{store,atomics,batch}` to `linker`.
+/// Adds every key-value interface to `linker`; `spin:key-value@3.0.0`,
+/// whose functions are `async` (WASI 0.3), only where the engine runs WASI
+/// 0.3.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
+    async_abi: bool,
     view: fn(&mut T) -> KeyValue<'_>,
 ) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    atomics::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    Ok(())
+    wasi_draft::add_to_linker(linker, view)?;
+    wasi_draft2::add_to_linker(linker, view)?;
+    spin::add_to_linker(linker, async_abi, view)
 }

@@ -207,14 +207,36 @@ impl Redis {
     }
 
     /// `INCRBY`, atomic in Redis whatever the number of servers.
-    pub async fn increment(&self, key: String, delta: u64) -> Result<u64, Failure> {
-        let delta = i64::try_from(delta)
-            .map_err(|_| Failure::Refused(format!("Redis increments by at most {}", i64::MAX)))?;
-        let value: i64 = self
-            .query(redis::cmd("INCRBY").arg(&key).arg(delta).clone())
-            .await?;
-        u64::try_from(value)
-            .map_err(|_| Failure::Refused(format!("the value at `{key}` is negative: {value}")))
+    pub async fn increment(&self, key: String, delta: i64) -> Result<i64, Failure> {
+        self.query(redis::cmd("INCRBY").arg(&key).arg(delta).clone())
+            .await
+    }
+
+    /// Sets `key` to `value` if its value is still `expected` (`None`:
+    /// absent), by a script Redis runs atomically; false if it is not.
+    pub async fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, Failure> {
+        const SWAP: &str = "local current = redis.call('GET', KEYS[1]) \
+            if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) \
+            then redis.call('SET', KEYS[1], ARGV[3]) return 1 else return 0 end";
+        let (present, expected) = match expected {
+            Some(bytes) => ("1", bytes),
+            None => ("0", Vec::new()),
+        };
+        let mut command = redis::cmd("EVAL");
+        command
+            .arg(SWAP)
+            .arg(1)
+            .arg(&key)
+            .arg(present)
+            .arg(expected)
+            .arg(value);
+        let swapped: i64 = self.query(command).await?;
+        Ok(swapped == 1)
     }
 }
 

@@ -235,10 +235,45 @@ impl Sqlite {
         &self,
         ticket: &Arc<Ticket>,
         key: String,
-        delta: u64,
-    ) -> Result<u64, Failure> {
+        delta: i64,
+    ) -> Result<i64, Failure> {
         self.run(ticket, move |conn, ticket| {
             increment(conn, &key, delta, ticket)
+        })
+        .await
+    }
+
+    /// Sets `key` to `value` if its value is still `expected` (`None`:
+    /// absent), in one immediate transaction; false if it is not.
+    pub async fn compare_and_swap(
+        &self,
+        ticket: &Arc<Ticket>,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, Failure> {
+        self.run(ticket, move |conn, ticket| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(down)?;
+            // A value longer than the one expected cannot equal it, so
+            // nothing longer is read.
+            let limit = expected.as_ref().map_or(0, Vec::len);
+            let current = match get(&tx, &key, limit) {
+                Ok(current) => current,
+                Err(Failure::Refused(_)) => return Ok(false),
+                Err(failure) => return Err(failure),
+            };
+            if current != expected {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(down)?;
+            commit(tx, ticket).map(|()| true)
         })
         .await
     }
@@ -299,18 +334,18 @@ fn commit(tx: rusqlite::Transaction<'_>, ticket: &Ticket) -> Result<(), Failure>
 fn increment(
     conn: &mut Connection,
     key: &str,
-    delta: u64,
+    delta: i64,
     ticket: &Ticket,
-) -> Result<u64, Failure> {
+) -> Result<i64, Failure> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(down)?;
-    // A decimal u64 has at most 20 digits.
+    // A decimal i64 has at most 20 characters.
     let current = match get(&tx, key, 20) {
         Ok(None) => 0,
         Ok(Some(bytes)) => std::str::from_utf8(&bytes)
             .ok()
-            .and_then(|text| text.parse::<u64>().ok())
+            .and_then(|text| text.parse::<i64>().ok())
             .ok_or_else(|| not_a_number(key))?,
         Err(Failure::Refused(_)) => return Err(not_a_number(key)),
         Err(failure) => return Err(failure),

@@ -25,12 +25,12 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
-use wasi::config::store as config;
+use wasi::config0_2_0_rc_1::store as config;
 use wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::StreamError;
-use wasi::keyvalue::{atomics, batch, store};
+use wasi::keyvalue0_2_0_draft::{atomics, batch, store};
 
 struct StateGuest;
 

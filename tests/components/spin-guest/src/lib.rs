@@ -1,0 +1,89 @@
+//! A Spin application component, as a spin-sdk 7 user writes one: it uses
+//! Spin's own key-value and variables (`spin:key-value@3.0.0`,
+//! `spin:variables@3.0.0`) and the experimental `wasi:keyvalue@0.2.0-draft2`
+//! and `wasi:config/store@0.2.0-draft-2024-09-27` that spin-sdk 7 carries.
+//!
+//! - `/`: the hello.
+//! - `/count`: a counter on `Store::open_default()`, read then written (what
+//!   Spin's key-value tutorial does; not atomic across concurrent requests).
+//! - `/incr`: a counter by `wasi:keyvalue` atomics, exact under concurrency.
+//! - `/cas`: appends `x` to the value at `cas` by compare-and-swap, retrying.
+//! - `/keys`: every key of the default store, one per line, from the stream.
+//! - `/var/NAME`, `/config/NAME`: a variable by `spin:variables` or
+//!   `wasi:config/store`.
+//! - `/open/LABEL`: opens a store by label; answers `opened` or the error.
+
+use spin_sdk::experimental::wasi::config::store as config;
+use spin_sdk::experimental::wasi::keyvalue::{atomics, store as wasi_kv};
+use spin_sdk::http::{IntoResponse, Request, StatusCode};
+use spin_sdk::http_service;
+use spin_sdk::key_value::Store;
+use spin_sdk::variables;
+
+#[http_service]
+async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
+    Ok(match segments.as_slice() {
+        [""] => (StatusCode::OK, "Hello World\n".to_string()),
+        ["count"] => {
+            let store = Store::open_default().await?;
+            let count = match store.get("count").await? {
+                Some(bytes) => String::from_utf8(bytes)?.parse::<u64>()? + 1,
+                None => 1,
+            };
+            store.set("count", count.to_string()).await?;
+            (StatusCode::OK, format!("{count}\n"))
+        }
+        ["incr"] => {
+            let bucket = wasi_kv::open("default").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let hits =
+                atomics::increment(&bucket, "hits", 1).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            (StatusCode::OK, format!("{hits}\n"))
+        }
+        ["cas"] => (StatusCode::OK, format!("{}\n", append_by_cas()?)),
+        ["keys"] => {
+            let store = Store::open_default().await?;
+            let mut keys = store.get_keys().await.collect().await?;
+            keys.sort();
+            (
+                StatusCode::OK,
+                keys.iter().map(|k| format!("{k}\n")).collect(),
+            )
+        }
+        ["var", name] => match variables::get(*name).await {
+            Ok(value) => (StatusCode::OK, value),
+            Err(err) => (StatusCode::NOT_FOUND, format!("{err:?}\n")),
+        },
+        ["config", name] => match config::get(name) {
+            Ok(Some(value)) => (StatusCode::OK, value),
+            Ok(None) => (StatusCode::NOT_FOUND, "none\n".to_string()),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:?}\n")),
+        },
+        ["open", label] => match Store::open(label).await {
+            Ok(_) => (StatusCode::OK, "opened\n".to_string()),
+            Err(err) => (StatusCode::FORBIDDEN, format!("{err:?}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    })
+}
+
+/// Appends `x` to the value at `cas` by compare-and-swap, retrying when
+/// another request swapped first; returns the value's new length.
+fn append_by_cas() -> anyhow::Result<usize> {
+    let bucket = wasi_kv::open("default").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut cas = atomics::Cas::new(&bucket, "cas").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    loop {
+        let mut value = cas
+            .current()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .unwrap_or_default();
+        value.push(b'x');
+        let len = value.len();
+        match atomics::swap(cas, &value) {
+            Ok(()) => return Ok(len),
+            Err(atomics::CasError::CasFailed(fresh)) => cas = fresh,
+            Err(atomics::CasError::StoreError(err)) => anyhow::bail!("{err:?}"),
+        }
+    }
+}
