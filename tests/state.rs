@@ -50,33 +50,11 @@ async fn config_values_reach_a_wasi_0_3_guest() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
 
-/// 200 requests spread over `servers`, 8 at a time: every answer is a
-/// different count and the counter ends at 200, so no increment was lost
-/// to another (atomics, not get-then-set).
+/// 200 `/count` requests over `servers`, 8 at a time, each a different
+/// count (atomics, not get-then-set); the stored counter ends at 200.
 async fn count_to_200(servers: &[&Server]) {
-    let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
-    let clients: Vec<_> = (0..8)
-        .map(|client| {
-            let addrs = addrs.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                for i in 0..25 {
-                    let addr = addrs[(client + i) % addrs.len()];
-                    let reply = Conn::http1(addr).await.send("GET", "/count", "").await;
-                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-                    seen.push(reply.text().parse::<u64>().unwrap());
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    for client in clients {
-        seen.extend(client.await.unwrap());
-    }
-    seen.sort_unstable();
-    assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
-    let reply = get(addrs[0], "/get?key=counter").await;
+    e2e::each_answer_once(servers, "/count", 200).await;
+    let reply = get(servers[0].addr, "/get?key=counter").await;
     assert_eq!(reply.text(), "200");
 }
 

@@ -559,6 +559,35 @@ impl Drop for ZeroWindowClient {
     }
 }
 
+/// `total` GETs of `path` spread over `servers` by 8 concurrent clients,
+/// each answering a number: the numbers are exactly 1..=total, so no
+/// request's update of a shared counter was lost to another's.
+pub async fn each_answer_once(servers: &[&Server], path: &'static str, total: u64) {
+    const CLIENTS: u64 = 8;
+    let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let addrs = addrs.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..total / CLIENTS {
+                    let addr = addrs[((client + i) % addrs.len() as u64) as usize];
+                    let reply = Conn::http1(addr).await.send("GET", path, "").await;
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                    seen.push(reply.text().trim().parse::<u64>().unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.extend(client.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=total).collect::<Vec<u64>>());
+}
+
 /// A fresh, empty directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("e2e-{}-{name}", std::process::id()));

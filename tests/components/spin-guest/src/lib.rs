@@ -8,7 +8,8 @@
 //!   Spin's key-value tutorial does; not atomic across concurrent requests).
 //! - `/incr`: a counter by `wasi:keyvalue` atomics, exact under concurrency.
 //! - `/cas`: appends `x` to the value at `cas` by compare-and-swap, retrying.
-//! - `/keys`: every key of the default store, one per line, from the stream.
+//! - `/keys`: every key of the default store, one per line, from the stream;
+//!   500 and the error when listing fails.
 //! - `/var/NAME`, `/config/NAME`: a variable by `spin:variables` or
 //!   `wasi:config/store`.
 //! - `/open/LABEL`: opens a store by label; answers `opened` or the error.
@@ -44,12 +45,16 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         ["cas"] => (StatusCode::OK, format!("{}\n", append_by_cas()?)),
         ["keys"] => {
             let store = Store::open_default().await?;
-            let mut keys = store.get_keys().await.collect().await?;
-            keys.sort();
-            (
-                StatusCode::OK,
-                keys.iter().map(|k| format!("{k}\n")).collect(),
-            )
+            match store.get_keys().await.collect().await {
+                Ok(mut keys) => {
+                    keys.sort();
+                    (
+                        StatusCode::OK,
+                        keys.iter().map(|k| format!("{k}\n")).collect(),
+                    )
+                }
+                Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:?}\n")),
+            }
         }
         ["var", name] => match variables::get(*name).await {
             Ok(value) => (StatusCode::OK, value),
