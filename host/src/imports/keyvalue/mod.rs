@@ -23,6 +23,92 @@
 //! someone else wrote into a shared store, larger than a guest may pass, is
 //! refused by its size as the store reports it.
 
+/// The methods every version's bucket (or Spin's store) resource has alike:
+/// `get`, `set`, `delete`, `exists` and `drop`, each one call of [`Calls`].
+/// A macro because each version's trait is its own type.
+macro_rules! bucket_calls {
+    () => {
+        async fn get(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+        ) -> Result<Option<Vec<u8>>, KvError> {
+            self.calls().get(self.bucket(&bucket)?, key).await
+        }
+
+        async fn set(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+            value: Vec<u8>,
+        ) -> Result<(), KvError> {
+            self.calls().set(self.bucket(&bucket)?, key, value).await
+        }
+
+        async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
+            self.calls().delete(self.bucket(&bucket)?, key).await
+        }
+
+        async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+            self.calls().exists(self.bucket(&bucket)?, key).await
+        }
+
+        async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+            self.table.delete(bucket)?;
+            Ok(())
+        }
+    };
+}
+
+/// `wasi:keyvalue/store`'s functions, alike in both drafts.
+macro_rules! wasi_store_host {
+    ($store:ident) => {
+        impl $store::Host for KeyValue<'_> {
+            async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
+                KeyValue::open(self, &identifier)
+            }
+
+            convert_error!($store::Error);
+        }
+    };
+}
+
+/// `wasi:keyvalue/batch`'s writes, alike in both drafts.
+macro_rules! batch_writes {
+    () => {
+        async fn set_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key_values: Vec<(String, Vec<u8>)>,
+        ) -> Result<(), KvError> {
+            self.calls()
+                .set_many(self.bucket(&bucket)?, key_values)
+                .await
+        }
+
+        async fn delete_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> Result<(), KvError> {
+            self.calls().delete_many(self.bucket(&bucket)?, keys).await
+        }
+    };
+}
+
+/// `convert_error` for a version whose error has `no-such-store` and
+/// `other(string)`, as they all do.
+macro_rules! convert_error {
+    ($error:ty) => {
+        fn convert_error(&mut self, err: KvError) -> wasmtime::Result<$error> {
+            Ok(match err {
+                KvError::NoSuchStore => <$error>::NoSuchStore,
+                KvError::Other(reason) => <$error>::Other(reason),
+            })
+        }
+    };
+}
+
 mod backend;
 mod redis;
 mod spin;
@@ -488,7 +574,15 @@ pub fn add_to_linker<T: Send + 'static>(
     async_abi: bool,
     view: fn(&mut T) -> KeyValue<'_>,
 ) -> wasmtime::Result<()> {
-    wasi_draft::add_to_linker(linker, view)?;
-    wasi_draft2::add_to_linker(linker, view)?;
-    spin::add_to_linker(linker, async_abi, view)
+    wasi_draft::store::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    wasi_draft::atomics::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    wasi_draft::batch::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    wasi_draft2::store::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    wasi_draft2::atomics::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    wasi_draft2::batch::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    spin::spin2::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    if async_abi {
+        spin::spin3::add_to_linker::<T, HasKeyValue>(linker, view)?;
+    }
+    Ok(())
 }

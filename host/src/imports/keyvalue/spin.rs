@@ -3,7 +3,7 @@
 //! (spin-sdk 7), whose functions are `async` and whose `get-keys` streams.
 //! Both list every key in one answer, which [`Calls::all_keys`] bounds.
 
-use wasmtime::component::{Accessor, FutureReader, Linker, Resource, StreamReader};
+use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 use super::{Bucket, HasKeyValue, KeyValue, KvError};
 
@@ -29,65 +29,27 @@ mod bindings {
     });
 }
 
-use bindings::fermyon::spin::key_value as spin2;
-use bindings::spin::key_value::key_value as spin3;
+pub(super) use bindings::fermyon::spin::key_value as spin2;
+pub(super) use bindings::spin::key_value::key_value as spin3;
 
 impl spin2::Host for KeyValue<'_> {
-    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<spin2::Error> {
-        Ok(match err {
-            KvError::NoSuchStore => spin2::Error::NoSuchStore,
-            KvError::Other(reason) => spin2::Error::Other(reason),
-        })
-    }
+    convert_error!(spin2::Error);
 }
 
 impl spin2::HostStore for KeyValue<'_> {
+    bucket_calls!();
+
     async fn open(&mut self, label: String) -> Result<Resource<Bucket>, KvError> {
         KeyValue::open(self, &label)
-    }
-
-    async fn get(
-        &mut self,
-        store: Resource<Bucket>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, KvError> {
-        self.calls().get(self.bucket(&store)?, key).await
-    }
-
-    async fn set(
-        &mut self,
-        store: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), KvError> {
-        self.calls().set(self.bucket(&store)?, key, value).await
-    }
-
-    async fn delete(&mut self, store: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        self.calls().delete(self.bucket(&store)?, key).await
-    }
-
-    async fn exists(&mut self, store: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        self.calls().exists(self.bucket(&store)?, key).await
     }
 
     async fn get_keys(&mut self, store: Resource<Bucket>) -> Result<Vec<String>, KvError> {
         self.calls().all_keys(self.bucket(&store)?).await
     }
-
-    async fn drop(&mut self, store: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(store)?;
-        Ok(())
-    }
 }
 
 impl spin3::Host for KeyValue<'_> {
-    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<spin3::Error> {
-        Ok(match err {
-            KvError::NoSuchStore => spin3::Error::NoSuchStore,
-            KvError::Other(reason) => spin3::Error::Other(reason),
-        })
-    }
+    convert_error!(spin3::Error);
 }
 
 impl spin3::HostStore for KeyValue<'_> {
@@ -168,16 +130,4 @@ impl<T> spin3::HostStoreWithStore<T> for HasKeyValue {
             Ok((keys, result))
         })
     }
-}
-
-pub(super) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    async_abi: bool,
-    view: fn(&mut T) -> KeyValue<'_>,
-) -> wasmtime::Result<()> {
-    spin2::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    if async_abi {
-        spin3::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    }
-    Ok(())
 }

@@ -1,9 +1,9 @@
 //! `wasi:keyvalue@0.2.0-draft`, the version wasmtime 48 carries (`wasmtime
 //! serve -S keyvalue`), over [`Calls`].
 
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::Resource;
 
-use super::{Bucket, HasKeyValue, KeyValue, KvError};
+use super::{Bucket, KeyValue, KvError};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -19,46 +19,12 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::{atomics, batch, store};
+pub(super) use bindings::wasi::keyvalue::{atomics, batch, store};
 
-impl store::Host for KeyValue<'_> {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
-        KeyValue::open(self, &identifier)
-    }
-
-    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
-        Ok(match err {
-            KvError::NoSuchStore => store::Error::NoSuchStore,
-            KvError::Other(reason) => store::Error::Other(reason),
-        })
-    }
-}
+wasi_store_host!(store);
 
 impl store::HostBucket for KeyValue<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, KvError> {
-        self.calls().get(self.bucket(&bucket)?, key).await
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), KvError> {
-        self.calls().set(self.bucket(&bucket)?, key, value).await
-    }
-
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        self.calls().delete(self.bucket(&bucket)?, key).await
-    }
-
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        self.calls().exists(self.bucket(&bucket)?, key).await
-    }
+    bucket_calls!();
 
     async fn list_keys(
         &mut self,
@@ -70,11 +36,6 @@ impl store::HostBucket for KeyValue<'_> {
             .list_keys(self.bucket(&bucket)?, cursor)
             .await?;
         Ok(store::KeyResponse { keys, cursor })
-    }
-
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
     }
 }
 
@@ -98,6 +59,8 @@ impl atomics::Host for KeyValue<'_> {
 }
 
 impl batch::Host for KeyValue<'_> {
+    batch_writes!();
+
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,
@@ -109,31 +72,4 @@ impl batch::Host for KeyValue<'_> {
             .map(|(key, value)| value.map(|value| (key, value)))
             .collect())
     }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), KvError> {
-        self.calls()
-            .set_many(self.bucket(&bucket)?, key_values)
-            .await
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<(), KvError> {
-        self.calls().delete_many(self.bucket(&bucket)?, keys).await
-    }
-}
-
-pub(super) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> KeyValue<'_>,
-) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    atomics::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, view)
 }

@@ -3,9 +3,9 @@
 //! carries, it counts signed, pages keys with a string cursor, and swaps a
 //! value only if nobody changed it since it was read (`cas`).
 
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::Resource;
 
-use super::{Bucket, HasKeyValue, KeyValue, KvError};
+use super::{Bucket, KeyValue, KvError};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -22,7 +22,7 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::{atomics, batch, store};
+pub(super) use bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// A value as read, to be swapped only if the store still holds it.
 pub struct Cas {
@@ -43,44 +43,10 @@ impl KeyValue<'_> {
     }
 }
 
-impl store::Host for KeyValue<'_> {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
-        KeyValue::open(self, &identifier)
-    }
-
-    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
-        Ok(match err {
-            KvError::NoSuchStore => store::Error::NoSuchStore,
-            KvError::Other(reason) => store::Error::Other(reason),
-        })
-    }
-}
+wasi_store_host!(store);
 
 impl store::HostBucket for KeyValue<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, KvError> {
-        self.calls().get(self.bucket(&bucket)?, key).await
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<(), KvError> {
-        self.calls().set(self.bucket(&bucket)?, key, value).await
-    }
-
-    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
-        self.calls().delete(self.bucket(&bucket)?, key).await
-    }
-
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
-        self.calls().exists(self.bucket(&bucket)?, key).await
-    }
+    bucket_calls!();
 
     async fn list_keys(
         &mut self,
@@ -99,11 +65,6 @@ impl store::HostBucket for KeyValue<'_> {
             keys,
             cursor: cursor.map(|cursor| cursor.to_string()),
         })
-    }
-
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
     }
 }
 
@@ -171,6 +132,8 @@ impl atomics::HostCas for KeyValue<'_> {
 }
 
 impl batch::Host for KeyValue<'_> {
+    batch_writes!();
+
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,
@@ -178,31 +141,4 @@ impl batch::Host for KeyValue<'_> {
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
         self.calls().get_many(self.bucket(&bucket)?, keys).await
     }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), KvError> {
-        self.calls()
-            .set_many(self.bucket(&bucket)?, key_values)
-            .await
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> Result<(), KvError> {
-        self.calls().delete_many(self.bucket(&bucket)?, keys).await
-    }
-}
-
-pub(super) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> KeyValue<'_>,
-) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    atomics::add_to_linker::<T, HasKeyValue>(linker, view)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, view)
 }
