@@ -25,6 +25,8 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         env: Vec::new().into(),
         config: Default::default(),
         keyvalue: Arc::new(Stores::none()),
+        stores_allowed: None,
+        files: Arc::new([]),
     };
     let mut store = Store::new(
         &engine,

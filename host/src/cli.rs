@@ -22,7 +22,8 @@ const MAX_PROCESSES: i64 = 1024;
 #[command(version, about)]
 pub struct Cli {
     /// The component to serve: one exporting `wasi:http/incoming-handler`
-    /// (WASI 0.2) or `wasi:http/handler` (WASI 0.3), found out at load.
+    /// (WASI 0.2) or `wasi:http/handler` (WASI 0.3), found out at load. Or a
+    /// Spin application: its `spin.toml`, or the folder holding it.
     pub component: PathBuf,
 
     /// Address to listen on. Loopback by default so that a first run exposes

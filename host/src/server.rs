@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::info;
 
+use crate::app::{self, App, manifest};
 use crate::cli::Cli;
 use crate::compile::Engines;
 use crate::compile::pool::PoolSettings;
@@ -40,6 +41,9 @@ pub struct Settings {
     pub source: Source,
     pub pool: PoolSettings,
     pub sandbox: Sandbox,
+    /// `--config`, as given: an application's variables take their values
+    /// from it.
+    pub config: Vec<(String, String)>,
     pub limits: RequestLimits,
     pub http: http::Settings,
     /// `--max-connections` for this process, if given; else derived from
@@ -57,6 +61,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         source,
         pool,
         sandbox,
+        config,
         limits,
         http: mut http_settings,
         max_connections,
@@ -70,13 +75,12 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     } else {
         pool.slots * MAX_OUTBOUND
     };
-    let (engines, runner, loaded) = load(&source, pool, sandbox, limits, runtime)?;
-    let kind = runner.kind();
+    let (engines, app, loaded) = load(&source, &config, pool, sandbox, limits, runtime)?;
     // What the server serves and with what, said once per server: with
     // --processes, by the serving process started first.
     let summary = match role {
         Role::Serving { first: false, .. } => Vec::new(),
-        _ => summary(&source, kind, &stores, host, pool.max_memory),
+        _ => summary(&source, &app, &stores, host, pool.max_memory),
     };
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let (addr, shared) = match role {
@@ -86,7 +90,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         let listener =
             http::bind(addr, shared).with_context(|| format!("cannot listen on {addr}"))?;
         let shutdown = shutdown::signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engines, runner.clone(), source, loaded)
+        let reloader = Reloader::new(engines, app.single_runner().cloned(), source, loaded)
             .context("installing the SIGHUP handler")?;
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
@@ -104,7 +108,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     }
     release_free_memory();
     let workers =
-        Workers::spawn(runner, http_settings.clone()).context("starting the worker threads")?;
+        Workers::spawn(app, http_settings.clone()).context("starting the worker threads")?;
     println!("{SERVER_RUNNING}http://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
         admin::announce_and_spawn(admin, admin::own_reports())?;
@@ -126,43 +130,55 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     Ok(())
 }
 
-/// Compiles and links the component at `source`, and instantiates it once,
-/// before the server listens: a bad component never gets a port. Returns
-/// the engines (for reloads), the runner, and the stamp of the file loaded.
+/// Compiles and links the component, or every component of the
+/// application, at `source`, and instantiates each once, before the server
+/// listens: a bad one never gets a port. Returns the engines (for reloads),
+/// what is served, and the stamp of the file loaded.
 fn load(
     source: &Source,
+    config: &[(String, String)],
     pool: PoolSettings,
     sandbox: Sandbox,
     limits: RequestLimits,
     runtime: &Runtime,
-) -> Result<(Arc<Engines>, Arc<Runner>, reload::Stamp)> {
+) -> Result<(Arc<Engines>, Arc<App>, reload::Stamp)> {
     let engines = Arc::new(Engines::new(pool));
     let loaded = reload::stamp(&source.path);
-    let guest = link::load(&engines, &source.path, source.cache_dir.as_deref())?;
-    let runner = Arc::new(Runner::new(guest, pool, sandbox, limits));
+    let cache_dir = source.cache_dir.as_deref();
+    let app = match manifest::find(&source.path) {
+        Some(manifest) => {
+            let base = app::Base {
+                engines: &engines,
+                sandbox: &sandbox,
+                limits,
+                cache_dir,
+                config,
+            };
+            App::load(&manifest, &base)?
+        }
+        None => {
+            let guest = link::load(&engines, &source.path, cache_dir)?;
+            App::single(Arc::new(Runner::new(guest, pool, sandbox, limits)))
+        }
+    };
     runtime
-        .block_on(runner.check())
-        .map_err(anyhow::Error::from)
-        .with_context(|| {
-            format!(
-                "cannot serve {}: instantiating it failed",
-                source.path.display()
-            )
-        })?;
-    Ok((engines, runner, loaded))
+        .block_on(app.check())
+        .with_context(|| format!("cannot serve {}", source.path.display()))?;
+    Ok((engines, Arc::new(app), loaded))
 }
 
 /// The startup lines that say what the server serves and with what.
 fn summary(
     source: &Source,
-    kind: &str,
+    app: &App,
     stores: &keyvalue::Stores,
     host: HostBudget,
     max_memory: usize,
 ) -> Vec<String> {
     let mut lines = vec![format!(
-        "serving {}, a {kind} component",
-        source.path.display()
+        "serving {}, {}",
+        source.path.display(),
+        app.describe()
     )];
     lines.extend(
         stores
@@ -246,7 +262,10 @@ impl Settings {
                 env: cli.env.clone().into(),
                 config: Arc::new(cli.config.iter().cloned().collect()),
                 keyvalue: Arc::new(stores),
+                stores_allowed: None,
+                files: Arc::new([]),
             },
+            config: cli.config.clone(),
             limits: RequestLimits {
                 queue_timeout: cli.queue_timeout,
                 request_timeout: cli.request_timeout,

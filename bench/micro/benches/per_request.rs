@@ -36,6 +36,8 @@ fn per_request(c: &mut Criterion) {
         env: Vec::new().into(),
         config: Default::default(),
         keyvalue: Arc::new(Stores::none()),
+        stores_allowed: None,
+        files: Arc::new([]),
     };
     let limits = RequestLimits {
         queue_timeout: Duration::from_secs(1),

@@ -3,11 +3,12 @@
 //! new one is built for every request and dropped with it, so nothing a guest
 //! does outlives its request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
@@ -34,6 +35,12 @@ pub struct Sandbox {
     pub config: Arc<Variables>,
     /// `--keyvalue`: the stores `wasi:keyvalue` opens.
     pub keyvalue: Arc<Stores>,
+    /// The store labels the component may open (a Spin component's
+    /// `key_value_stores`); `None`: every store given.
+    pub stores_allowed: Option<Arc<[String]>>,
+    /// Host folders the component sees read-only, and where (a Spin
+    /// component's `files`).
+    pub files: Arc<[(PathBuf, String)]>,
 }
 
 pub struct RequestState {
@@ -50,6 +57,7 @@ pub struct RequestState {
     pub limiter: MemoryLimiter,
     config: Arc<Variables>,
     keyvalue: Arc<Stores>,
+    stores_allowed: Option<Arc<[String]>>,
     /// The request's deadline and commits, for its key-value calls.
     pub ticket: Arc<Ticket>,
 }
@@ -63,23 +71,29 @@ impl RequestState {
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(sandbox.host.fields_size);
         let (stdout, stderr) = GuestOutput::pair(sandbox.max_output);
+        let mut wasi = WasiCtx::builder();
+        // The guest's stdout and stderr go to the server's stderr, where the
+        // logs are, a line at a time with the request id: stdout carries
+        // only the "Server running" line. Network access through
+        // wasi:sockets stays at WASI's default: denied.
+        wasi.stdout(stdout)
+            .stderr(stderr)
+            .max_random_size(MAX_RANDOM_BYTES)
+            .envs(&sandbox.env);
+        for (host, guest) in sandbox.files.iter() {
+            // Checked at load; a folder removed since is left out, and the
+            // guest finds no such file.
+            let _ = wasi.preopened_dir(host, guest, FsPerms::ReadOnly);
+        }
         Self {
             table,
-            // The guest's stdout and stderr go to the server's stderr, where the
-            // logs are, a line at a time with the request id: stdout carries
-            // only the "Server running" line. Network access through
-            // wasi:sockets stays at WASI's default: denied.
-            wasi: WasiCtx::builder()
-                .stdout(stdout)
-                .stderr(stderr)
-                .max_random_size(MAX_RANDOM_BYTES)
-                .envs(&sandbox.env)
-                .build(),
+            wasi: wasi.build(),
             http,
             outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
             limiter: MemoryLimiter::new(max_memory),
             config: sandbox.config.clone(),
             keyvalue: sandbox.keyvalue.clone(),
+            stores_allowed: sandbox.stores_allowed.clone(),
             ticket: Arc::new(Ticket::new(deadline)),
         }
     }
@@ -95,6 +109,7 @@ impl RequestState {
         KeyValue {
             table: &mut self.table,
             stores: &self.keyvalue,
+            allowed: self.stores_allowed.as_deref(),
             ticket: &self.ticket,
         }
     }

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::Settings;
 use super::access::{Access, ClientBody};
 use super::watchdog::{Activity, Closed, InFlight};
-use crate::guest::runner::Runner;
+use crate::app::App;
 use crate::log::{self, InRequest, RequestId};
 use crate::metrics::METRICS;
 
@@ -50,8 +50,8 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `--threads` worker threads, each serving the connections it
-    /// is given with `runner` on its own single-threaded runtime.
-    pub fn spawn(runner: Arc<Runner>, settings: Arc<Settings>) -> std::io::Result<Self> {
+    /// is given with `app` on its own single-threaded runtime.
+    pub fn spawn(app: Arc<App>, settings: Arc<Settings>) -> std::io::Result<Self> {
         let mut workers = Self {
             inboxes: Vec::new(),
             threads: Vec::new(),
@@ -61,10 +61,10 @@ impl Workers {
                 .enable_all()
                 .build()?;
             let (inbox, incoming) = mpsc::unbounded_channel();
-            let (runner, settings) = (runner.clone(), settings.clone());
+            let (app, settings) = (app.clone(), settings.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || runtime.block_on(work(incoming, runner, &settings)))?;
+                .spawn(move || runtime.block_on(work(incoming, app, &settings)))?;
             workers.inboxes.push(inbox);
             workers.threads.push(thread);
         }
@@ -83,11 +83,7 @@ impl Workers {
 
 /// One worker: serves each connection it is given on a task of its own, then,
 /// once its inbox closes, drains.
-async fn work(
-    mut incoming: mpsc::UnboundedReceiver<Handoff>,
-    runner: Arc<Runner>,
-    settings: &Settings,
-) {
+async fn work(mut incoming: mpsc::UnboundedReceiver<Handoff>, app: Arc<App>, settings: &Settings) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     // hyper's timeouts only run with a timer. A head that does not fit the
     // read buffer is answered 431.
@@ -108,7 +104,7 @@ async fn work(
         permit,
     }) = incoming.recv().await
     {
-        serve_connection(&http, &graceful, stream, peer, permit, &runner, settings);
+        serve_connection(&http, &graceful, stream, peer, permit, &app, settings);
     }
 
     tokio::select! {
@@ -126,7 +122,7 @@ fn serve_connection(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    runner: &Arc<Runner>,
+    app: &Arc<App>,
     settings: &Settings,
 ) {
     let stream = match TcpStream::from_std(stream) {
@@ -137,18 +133,18 @@ fn serve_connection(
         }
     };
     let activity = Activity::new();
-    let runner = runner.clone();
+    let app = app.clone();
     let watched = activity.clone();
     let access_log = settings.access_log;
     let service = service_fn(move |request: Request<Incoming>| {
-        let runner = runner.clone();
+        let app = app.clone();
         let in_flight = InFlight::start(watched.clone());
         let id = RequestId::next();
         let span = log::request_span(id);
         let access = access_log.then(|| Access::start(id, &request));
         let started = Instant::now();
         InRequest::new(id, span, async move {
-            let response = runner.handle(request).await;
+            let response = app.handle(request, peer).await;
             let status = response.status();
             Ok::<_, Infallible>(
                 response.map(|body| ClientBody::new(body, in_flight, status, started, access)),

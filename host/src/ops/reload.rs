@@ -38,7 +38,9 @@ pub struct Reloader {
     /// The stamp of the file the current component was loaded from.
     loaded: Stamp,
     engines: Arc<Engines>,
-    runner: Arc<Runner>,
+    /// The single component's runner; `None` for an application, which is
+    /// not reloaded yet.
+    runner: Option<Arc<Runner>>,
     source: Source,
 }
 
@@ -57,7 +59,7 @@ impl Reloader {
     /// compiled, so a change made while it compiled is not missed.
     pub fn new(
         engines: Arc<Engines>,
-        runner: Arc<Runner>,
+        runner: Option<Arc<Runner>>,
         source: Source,
         loaded: Stamp,
     ) -> std::io::Result<Self> {
@@ -101,6 +103,12 @@ impl Reloader {
     }
 
     async fn reload(&self) {
+        let Some(runner) = &self.runner else {
+            error!(
+                "reloading an application is not supported yet: restart the server to load its changes"
+            );
+            return;
+        };
         let engines = self.engines.clone();
         let (path, cache_dir) = (self.source.path.clone(), self.source.cache_dir.clone());
         let compiled =
@@ -109,7 +117,7 @@ impl Reloader {
         let result = match compiled {
             Ok(Ok(guest)) => {
                 let kind = guest.kind();
-                self.runner.replace(guest).await.map(|()| kind)
+                runner.replace(guest).await.map(|()| kind)
             }
             Ok(Err(err)) => Err(err),
             Err(panicked) => Err(wasmtime::format_err!("compiling panicked: {panicked}")),

@@ -103,6 +103,7 @@ macro_rules! convert_error {
         fn convert_error(&mut self, err: KvError) -> wasmtime::Result<$error> {
             Ok(match err {
                 KvError::NoSuchStore => <$error>::NoSuchStore,
+                KvError::AccessDenied => <$error>::AccessDenied,
                 KvError::Other(reason) => <$error>::Other(reason),
             })
         }
@@ -331,6 +332,8 @@ pub struct Bucket {
 /// Why a call failed, as every interface's error type says it.
 pub enum KvError {
     NoSuchStore,
+    /// A store the component's manifest does not list, as Spin refuses it.
+    AccessDenied,
     Other(String),
 }
 
@@ -354,6 +357,8 @@ fn at_most(size: usize, max: usize, what: &str, unit: &str, flag: &str) -> Resul
 pub struct KeyValue<'a> {
     pub table: &'a mut ResourceTable,
     pub stores: &'a Arc<Stores>,
+    /// The labels the component may open; `None`: all.
+    pub allowed: Option<&'a [String]>,
     /// The request's deadline and commits.
     pub ticket: &'a Arc<Ticket>,
 }
@@ -373,6 +378,17 @@ impl KeyValue<'_> {
 
     /// A bucket on the store named `label`, in the request's table.
     fn open(&mut self, label: &str) -> Result<Resource<Bucket>, KvError> {
+        let name = if label.is_empty() {
+            DEFAULT_STORE
+        } else {
+            label
+        };
+        if self
+            .allowed
+            .is_some_and(|allowed| !allowed.iter().any(|a| a == name))
+        {
+            return Err(KvError::AccessDenied);
+        }
         let store = self.stores.find(label).ok_or(KvError::NoSuchStore)?;
         Ok(self.table.push(Bucket { store })?)
     }

@@ -56,7 +56,8 @@ impl Variables {
 
     /// The value of the Spin variable `name`.
     pub fn spin(&self, name: &str) -> Result<String, Missing> {
-        spin_name(name).map_err(|reason| Missing::InvalidName(format!("{name:?}: {reason}")))?;
+        check_spin_name(name)
+            .map_err(|reason| Missing::InvalidName(format!("{name:?}: {reason}")))?;
         self.values
             .get(name)
             .cloned()
@@ -66,7 +67,7 @@ impl Variables {
 
 /// Checks `name` against Spin's rule for variable names, which lets a name be
 /// written as an environment variable (`SPIN_VARIABLE_NAME`) or a path.
-fn spin_name(name: &str) -> Result<(), String> {
+pub fn check_spin_name(name: &str) -> Result<(), String> {
     let (Some(first), Some(last)) = (name.bytes().next(), name.bytes().last()) else {
         return Err("must not be empty".into());
     };

@@ -13,6 +13,10 @@
 //! - `/var/NAME`, `/config/NAME`: a variable by `spin:variables` or
 //!   `wasi:config/store`.
 //! - `/open/LABEL`: opens a store by label; answers `opened` or the error.
+//! - `/headers`: the `spin-*` headers of the request, sorted.
+//! - `/file/NAME`, `/write/NAME`: reads or writes `/static/NAME`.
+//!
+//! Routed by a Spin application, it takes its path from `spin-path-info`.
 
 use spin_sdk::experimental::wasi::config::store as config;
 use spin_sdk::experimental::wasi::keyvalue::{atomics, store as wasi_kv};
@@ -23,7 +27,12 @@ use spin_sdk::variables;
 
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
-    let path = req.uri().path().to_string();
+    // Routed by a Spin application, the path below the route is in
+    // `spin-path-info`, as Spin's SDK routers read it.
+    let path = match req.headers().get("spin-path-info") {
+        Some(info) => format!("/{}", info.to_str()?.trim_start_matches('/')),
+        None => req.uri().path().to_string(),
+    };
     let segments: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
     Ok(match segments.as_slice() {
         [""] => (StatusCode::OK, "Hello World\n".to_string()),
@@ -64,6 +73,24 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             Ok(Some(value)) => (StatusCode::OK, value),
             Ok(None) => (StatusCode::NOT_FOUND, "none\n".to_string()),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:?}\n")),
+        },
+        ["headers"] => {
+            let mut spin: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("spin-"))
+                .map(|(name, value)| format!("{name}: {}\n", value.to_str().unwrap_or("?")))
+                .collect();
+            spin.sort();
+            (StatusCode::OK, spin.concat())
+        }
+        ["file", name] => match std::fs::read_to_string(format!("/static/{name}")) {
+            Ok(text) => (StatusCode::OK, text),
+            Err(err) => (StatusCode::NOT_FOUND, format!("{err}\n")),
+        },
+        ["write", name] => match std::fs::write(format!("/static/{name}"), "x") {
+            Ok(()) => (StatusCode::OK, "written\n".to_string()),
+            Err(err) => (StatusCode::FORBIDDEN, format!("{err}\n")),
         },
         ["open", label] => match Store::open(label).await {
             Ok(_) => (StatusCode::OK, "opened\n".to_string()),

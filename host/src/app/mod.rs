@@ -1,0 +1,240 @@
+//! What the server serves: one component, or a Spin application of many
+//! (`spin.toml`, [`manifest`]), each component with its own instance pool,
+//! sandbox and runner, chosen per request by path ([`routes`]). A request
+//! still gets a fresh instance of the one component it is routed to.
+
+pub mod manifest;
+mod routes;
+mod templates;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use hyper::body::Body;
+use hyper::{Request, Response, StatusCode};
+
+use crate::compile::Engines;
+use crate::guest::link;
+use crate::guest::response::{self, ResponseBody};
+use crate::guest::runner::{RequestLimits, Runner};
+use crate::guest::state::Sandbox;
+use crate::imports::http_hooks::Destination;
+use crate::imports::variables::Variables;
+use manifest::{AppComponent, Mount};
+use routes::{Route, Routes};
+
+/// Spin's health path, answered by the server itself as Spin does.
+const HEALTH: &str = "/.well-known/spin/health";
+
+/// One component, or an application's components and routes.
+pub struct App {
+    runners: Vec<Arc<Runner>>,
+    /// Each component's name, for the log.
+    names: Vec<String>,
+    /// `None` for a single component, served on every path without Spin's
+    /// headers, as `wasmtime serve` serves it.
+    routes: Option<Routes>,
+}
+
+/// What the command line gives every component, beside what its manifest
+/// entry adds.
+pub struct Base<'a> {
+    pub engines: &'a Engines,
+    pub sandbox: &'a Sandbox,
+    pub limits: RequestLimits,
+    pub cache_dir: Option<&'a Path>,
+    /// `--config`: values for the application's variables.
+    pub config: &'a [(String, String)],
+}
+
+impl App {
+    /// A single component.
+    pub fn single(runner: Arc<Runner>) -> Self {
+        Self {
+            runners: vec![runner],
+            names: Vec::new(),
+            routes: None,
+        }
+    }
+
+    /// Compiles and links every component of the application at `manifest`
+    /// (not yet instantiated: see [`App::check`]).
+    pub fn load(manifest: &Path, base: &Base<'_>) -> Result<Self> {
+        let app = manifest::read(manifest).map_err(anyhow::Error::msg)?;
+        let values = templates::values(&app.variables, base.config, |name| {
+            std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).ok()
+        })
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}: application variables", manifest.display()))?;
+        let mut runners = Vec::new();
+        for component in &app.components {
+            let sandbox = sandbox(component, base.sandbox, &values)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| {
+                    format!("{}: component `{}`", manifest.display(), component.name)
+                })?;
+            let guest = link::load(base.engines, &component.source, base.cache_dir)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("component `{}`", component.name))?;
+            runners.push(Arc::new(Runner::new(
+                guest,
+                base.engines.pool(),
+                sandbox,
+                base.limits,
+            )));
+        }
+        let names: Vec<String> = app.components.iter().map(|c| c.name.clone()).collect();
+        let routes = Routes::new(
+            app.routes.iter().map(|(route, component)| Route {
+                route,
+                component: *component,
+            }),
+            |component| names[component].clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            runners,
+            names,
+            routes: Some(routes),
+        })
+    }
+
+    /// Instantiates every component once, before the server listens.
+    pub async fn check(&self) -> Result<()> {
+        for (index, runner) in self.runners.iter().enumerate() {
+            if let Err(err) = runner.check().await {
+                match self.names.get(index) {
+                    Some(name) => bail!("component `{name}`: instantiating it failed: {err:#}"),
+                    None => bail!("instantiating it failed: {err:#}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The single component's runner, for reloads; `None` for an
+    /// application.
+    pub fn single_runner(&self) -> Option<&Arc<Runner>> {
+        self.routes.is_none().then(|| &self.runners[0])
+    }
+
+    /// What is served, for the startup log.
+    pub fn describe(&self) -> String {
+        if self.routes.is_none() {
+            return format!("a {} component", self.runners[0].kind());
+        }
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .zip(&self.runners)
+            .map(|(name, runner)| format!("`{name}` ({})", runner.kind()))
+            .collect();
+        format!(
+            "an application of {} components: {}",
+            parts.len(),
+            parts.join(", ")
+        )
+    }
+
+    /// Serves `request` from `client` with the component its path routes to.
+    pub async fn handle<B>(
+        &self,
+        mut request: Request<B>,
+        client: SocketAddr,
+    ) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let Some(routes) = &self.routes else {
+            return self.runners[0].handle(request).await;
+        };
+        let uri = request.uri().clone();
+        if uri.path() == HEALTH {
+            return response::plain(StatusCode::OK, "OK", None);
+        }
+        let Some(matched) = routes.find(uri.path()) else {
+            return response::plain(StatusCode::NOT_FOUND, "Not Found\n", None);
+        };
+        matched.set_headers(request.headers_mut(), &uri, client);
+        let runner = &self.runners[matched.component];
+        tracing::debug!(component = %self.names[matched.component], "routed");
+        runner.handle(request).await
+    }
+}
+
+/// A component's sandbox: the server's, with what its manifest entry adds.
+fn sandbox(
+    component: &AppComponent,
+    base: &Sandbox,
+    values: &BTreeMap<String, String>,
+) -> Result<Sandbox, String> {
+    let mut sandbox = base.clone();
+    let mut env = base.env.to_vec();
+    env.extend(component.environment.iter().cloned());
+    sandbox.env = env.into();
+    let variables: Variables = component
+        .variables
+        .iter()
+        .map(|(name, template)| {
+            templates::render(template, values).map(|value| (name.clone(), value))
+        })
+        .collect::<Result<_, _>>()?;
+    sandbox.config = Arc::new(variables);
+    let mut allowed = base.allowed_outbound.to_vec();
+    for host in &component.allowed_outbound_hosts {
+        allowed.extend(outbound(host, values)?);
+    }
+    sandbox.allowed_outbound = allowed.into();
+    sandbox.stores_allowed = Some(component.key_value_stores.clone().into());
+    sandbox.files = component
+        .files
+        .iter()
+        .map(
+            |Mount {
+                 source,
+                 destination,
+             }| (source.clone(), destination.clone()),
+        )
+        .collect();
+    Ok(sandbox)
+}
+
+/// A Spin `allowed_outbound_hosts` entry (`https://api.example.com`,
+/// `http://localhost:8080`, `{{ var }}` templates) as the destinations our
+/// outbound policy allows. Wildcards and in-application calls (`self`,
+/// `*.spin.internal`) are not served yet, and refused rather than widened.
+fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Vec<Destination>, String> {
+    let entry = templates::render(entry, values)?;
+    let (scheme, rest) = entry
+        .split_once("://")
+        .ok_or_else(|| format!("`{entry}`: an outbound host is `SCHEME://HOST[:PORT]`"))?;
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => {
+            return Err(format!(
+                "`{entry}`: only the `http` and `https` schemes are served"
+            ));
+        }
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('*') || authority == "self" || authority.ends_with(".spin.internal") {
+        return Err(format!(
+            "`{entry}`: wildcards and calls inside the application are not served yet"
+        ));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    Ok(vec![with_port.parse()?])
+}

@@ -1,0 +1,267 @@
+//! A Spin application (`spin.toml`) served whole: several components behind
+//! one listener, routed by path as Spin routes them, each with what its
+//! manifest entry gives it (environment, variables, stores, files), and what
+//! cannot be served refused at startup with its line.
+
+use std::path::{Path, PathBuf};
+
+use e2e::{Server, get, run_to_exit};
+use hyper::StatusCode;
+
+/// Writes `spin.toml` (with `COMPONENTS` replaced by the folder of the
+/// built components) and a `static/` folder into a fresh directory.
+fn app_dir(name: &str, manifest: &str) -> PathBuf {
+    let dir = e2e::temp_dir(name);
+    let components = e2e::component("hello");
+    let components = components.parent().unwrap().display().to_string();
+    std::fs::write(
+        dir.join("spin.toml"),
+        manifest.replace("COMPONENTS", &components),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("static")).unwrap();
+    std::fs::write(dir.join("static/index.html"), "<h1>static</h1>\n").unwrap();
+    dir
+}
+
+/// Four components: the hello at `/`, the spin-sdk 7 guest under a route
+/// with a named segment, the testbed at two exact routes, and a private one.
+const APP: &str = r#"
+spin_manifest_version = 2
+
+[application]
+name = "e2e-app"
+
+[variables]
+greeting = { default = "hello from the app" }
+api_token = { required = true, secret = true }
+
+[[trigger.http]]
+route = "/"
+component = "hello"
+
+[[trigger.http]]
+route = "/spin/:tenant/..."
+component = "spin"
+
+[[trigger.http]]
+route = "/request"
+component = "testbed"
+
+[[trigger.http]]
+route = "/env"
+component = "testbed"
+
+[[trigger.http]]
+route = { private = true }
+component = "hidden"
+
+[component.hello]
+source = "COMPONENTS/hello.wasm"
+
+[component.spin]
+source = "COMPONENTS/spin-guest.wasm"
+key_value_stores = ["default"]
+files = [{ source = "static", destination = "/static" }]
+variables = { message = "{{ greeting }}!", token = "{{ api_token }}" }
+
+[component.spin.build]
+command = "cargo build --target wasm32-wasip2 --release"
+
+[component.testbed]
+source = "COMPONENTS/testbed.wasm"
+environment = { COMPONENT = "testbed" }
+
+[component.hidden]
+source = "COMPONENTS/hello.wasm"
+"#;
+
+/// The application's server, with its secret given as Spin takes it.
+fn start(dir: &Path) -> Server {
+    let data = dir.join("data");
+    Server::start_path(
+        &dir.join("spin.toml"),
+        &[],
+        &[
+            ("SPIN_VARIABLE_API_TOKEN", "s3cret-token"),
+            ("XDG_DATA_HOME", data.to_str().unwrap()),
+        ],
+    )
+}
+
+async fn ok(server: &Server, path: &str) -> String {
+    let reply = get(server.addr, path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    reply.text().to_string()
+}
+
+/// Each route is answered by its component; an unmatched path is 404, and
+/// Spin's health path is answered by the server.
+#[tokio::test]
+async fn each_route_reaches_its_component() {
+    let dir = app_dir("app-routes", APP);
+    let server = start(&dir);
+    assert_eq!(ok(&server, "/").await, "Hello World\n");
+    assert!(ok(&server, "/request").await.contains("path /request\n"));
+    assert_eq!(ok(&server, "/env?name=COMPONENT").await, "testbed\n");
+    assert_eq!(ok(&server, "/spin/acme/").await, "Hello World\n");
+    for unmatched in ["/nowhere", "/request/more", "/spin"] {
+        let reply = get(server.addr, unmatched).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{unmatched}");
+    }
+    assert_eq!(ok(&server, "/.well-known/spin/health").await, "OK");
+    assert!(
+        server.log().contains("an application of 4 components"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A routed component gets the headers Spin sets, with Spin's values, and a
+/// client cannot forge them.
+#[tokio::test]
+async fn routed_requests_carry_spins_headers() {
+    let dir = app_dir("app-headers", APP);
+    let server = start(&dir);
+    // The support client sends `host: test.local`.
+    let headers = ok(&server, "/spin/acme/headers?x=1").await;
+    for expected in [
+        "spin-full-url: http://test.local/spin/acme/headers?x=1".to_string(),
+        "spin-path-info: /headers".into(),
+        "spin-matched-route: /spin/:tenant/...".into(),
+        "spin-raw-component-route: /spin/:tenant/...".into(),
+        "spin-component-route: /spin/:tenant".into(),
+        "spin-base-path: /".into(),
+        "spin-path-match-tenant: acme".into(),
+        "spin-client-addr: 127.0.0.1:".into(),
+    ] {
+        assert!(headers.contains(&expected), "{expected} not in\n{headers}");
+    }
+    let seen = ok(&server, "/request").await;
+    assert!(
+        seen.contains("header spin-matched-route: /request\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("header spin-path-info: \n"), "{seen}");
+
+    let mut conn = e2e::Conn::http1(server.addr).await;
+    let request = hyper::Request::get("/spin/acme/headers")
+        .header("host", "127.0.0.1")
+        .header("spin-path-match-tenant", "forged")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let reply = conn.try_exchange(request).await.unwrap();
+    assert!(
+        reply.text().contains("spin-path-match-tenant: acme\n"),
+        "{}",
+        reply.text()
+    );
+    assert!(!reply.text().contains("forged"), "{}", reply.text());
+}
+
+/// Variables are bound per component through its templates, from the
+/// application's defaults and `SPIN_VARIABLE_*`; a secret never reaches the
+/// log. Another component has no variables.
+#[tokio::test]
+async fn variables_are_bound_per_component_and_secrets_stay_out_of_the_log() {
+    let dir = app_dir("app-variables", APP);
+    let server = start(&dir);
+    assert_eq!(
+        ok(&server, "/spin/acme/var/message").await,
+        "hello from the app!"
+    );
+    assert_eq!(ok(&server, "/spin/acme/var/token").await, "s3cret-token");
+    let reply = get(server.addr, "/spin/acme/var/greeting").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert!(reply.text().contains("Undefined"), "{}", reply.text());
+    assert!(!server.log().contains("s3cret-token"), "{}", server.log());
+}
+
+/// A component opens only the stores its manifest lists (`access-denied`
+/// for others, as Spin), and its `files` are readable, not writable.
+#[tokio::test]
+async fn stores_and_files_are_what_the_manifest_grants() {
+    let dir = app_dir("app-grants", APP);
+    let server = start(&dir);
+    assert_eq!(ok(&server, "/spin/acme/count").await, "1\n");
+    assert_eq!(ok(&server, "/spin/acme/count").await, "2\n");
+    assert_eq!(ok(&server, "/spin/acme/open/default").await, "opened\n");
+    let reply = get(server.addr, "/spin/acme/open/other").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.text().contains("AccessDenied"), "{}", reply.text());
+    assert_eq!(
+        ok(&server, "/spin/acme/file/index.html").await,
+        "<h1>static</h1>\n"
+    );
+    let reply = get(server.addr, "/spin/acme/write/new.txt").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(!dir.join("static/new.txt").exists());
+}
+
+/// The manifest's folder works as the path, as `spin up --from DIR` does.
+#[tokio::test]
+async fn a_folder_holding_spin_toml_is_served() {
+    let dir = app_dir("app-folder", APP);
+    let data = dir.join("data");
+    let server = Server::start_path(
+        &dir,
+        &["--config", "api_token=from-config"],
+        &[("XDG_DATA_HOME", data.to_str().unwrap())],
+    );
+    assert_eq!(ok(&server, "/spin/acme/var/token").await, "from-config");
+}
+
+/// What cannot be served stops the server before it listens, with one
+/// `error:` line naming the place and the reason.
+#[test]
+fn what_cannot_be_served_is_refused_at_startup() {
+    let cases = [
+        (
+            APP.replace("route = \"/request\"\n", "route = \"/request\"\nexecutor = { type = \"wagi\" }\n"),
+            "the `wagi` executor is not served",
+        ),
+        (
+            APP.replace("[[trigger.http]]\nroute = \"/\"", "[[trigger.redis]]\nchannel = \"x\"\ncomponent = \"hello\"\n\n[[trigger.http]]\nroute = \"/\""),
+            "`[[trigger.redis]]` is not served",
+        ),
+        (
+            APP.replace("key_value_stores = [\"default\"]", "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]"),
+            "component `spin`: `sqlite_databases`: Spin's SQLite is not served",
+        ),
+        (APP.replace("source = \"COMPONENTS/hello.wasm\"\n\n[component.spin]", "source = \"COMPONENTS/hello.wasm\"\nsurprise = 1\n\n[component.spin]"), "line 33: unknown field `surprise`"),
+        (APP.replace("\"{{ greeting }}!\"", "\"{{ nope }}\""), "no value for variable `nope`"),
+    ];
+    for (index, (manifest, expected)) in cases.iter().enumerate() {
+        let dir = app_dir(&format!("app-refused-{index}"), manifest);
+        let path = dir.join("spin.toml");
+        let args = [path.to_str().unwrap(), "--addr", "127.0.0.1:0"];
+        let failed = run_to_exit(&[&args[..], &["--config", "api_token=t"]].concat());
+        assert!(!failed.status.success(), "{expected}");
+        let errors: Vec<&str> = failed
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", failed.stderr);
+        assert!(
+            errors[0].contains(expected),
+            "{expected:?} not in {}",
+            errors[0]
+        );
+        assert!(!failed.stdout.contains("Server running"));
+    }
+    // A required variable with no value.
+    let dir = app_dir("app-refused-required", APP);
+    let path = dir.join("spin.toml");
+    let failed = run_to_exit(&[path.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
+    assert!(
+        failed.stderr.contains("`api_token` is required"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.contains("SPIN_VARIABLE_API_TOKEN"),
+        "{}",
+        failed.stderr
+    );
+}
