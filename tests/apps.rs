@@ -198,10 +198,15 @@ async fn stores_and_files_are_what_the_manifest_grants() {
     assert!(!dir.join("static/new.txt").exists());
 }
 
-/// The manifest's folder works as the path, as `spin up --from DIR` does.
+/// The manifest's folder works as the path, as `spin up --from DIR` does,
+/// and is the same application: it finds the default store the manifest's
+/// path filled.
 #[tokio::test]
-async fn a_folder_holding_spin_toml_is_served() {
+async fn a_folder_holding_spin_toml_is_the_same_application() {
     let dir = app_dir("app-folder", APP);
+    let server = start(&dir);
+    assert_eq!(ok(&server, "/spin/acme/count").await, "1\n");
+    drop(server);
     let data = dir.join("data");
     let server = Server::start_path(
         &dir,
@@ -209,6 +214,7 @@ async fn a_folder_holding_spin_toml_is_served() {
         &[("XDG_DATA_HOME", data.to_str().unwrap())],
     );
     assert_eq!(ok(&server, "/spin/acme/var/token").await, "from-config");
+    assert_eq!(ok(&server, "/spin/acme/count").await, "2\n");
 }
 
 /// What cannot be served stops the server before it listens, with one

@@ -310,9 +310,20 @@ impl Cli {
     /// the same file served again (or replaced in place) does.
     pub fn default_keyvalue_path(&self) -> Option<PathBuf> {
         let base = dirs::data_dir()?;
-        let app = std::fs::canonicalize(&self.component).unwrap_or_else(|_| self.component.clone());
+        // An application is its manifest, whether named by file or by folder,
+        // and is called after its folder.
+        let given = if self.component.is_dir() {
+            self.component.join("spin.toml")
+        } else {
+            self.component.clone()
+        };
+        let app = std::fs::canonicalize(&given).unwrap_or(given);
         let hash = xxhash_rust::xxh3::xxh3_64(app.as_os_str().as_encoded_bytes());
-        let stem = app.file_stem().unwrap_or_default().to_string_lossy();
+        let named = match app.extension() {
+            Some(ext) if ext == "toml" => app.parent().unwrap_or(&app),
+            _ => &app,
+        };
+        let stem = named.file_stem().unwrap_or_default().to_string_lossy();
         Some(
             base.join("wasi-http-server")
                 .join("keyvalue")

@@ -133,11 +133,11 @@ impl App {
             .zip(&self.runners)
             .map(|(name, runner)| format!("`{name}` ({})", runner.kind()))
             .collect();
-        format!(
-            "an application of {} components: {}",
-            parts.len(),
-            parts.join(", ")
-        )
+        let count = match parts.len() {
+            1 => "1 component".to_string(),
+            n => format!("{n} components"),
+        };
+        format!("an application of {count}: {}", parts.join(", "))
     }
 
     /// Serves `request` from `client` with the component its path routes to.
