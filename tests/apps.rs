@@ -53,6 +53,10 @@ route = "/env"
 component = "testbed"
 
 [[trigger.http]]
+route = "/outbound"
+component = "testbed"
+
+[[trigger.http]]
 route = { private = true }
 component = "hidden"
 
@@ -71,6 +75,7 @@ command = "cargo build --target wasm32-wasip2 --release"
 [component.testbed]
 source = "COMPONENTS/testbed.wasm"
 environment = { COMPONENT = "testbed" }
+allowed_outbound_hosts = ["http://hidden.spin.internal", "http://ghost.spin.internal"]
 
 [component.hidden]
 source = "COMPONENTS/hello.wasm"
@@ -159,6 +164,34 @@ async fn routed_requests_carry_spins_headers() {
     assert!(!reply.text().contains("forged"), "{}", reply.text());
 }
 
+/// A private component has no route, yet another component reaches it at
+/// `http://hidden.spin.internal`, in process, when its manifest allows that
+/// host; a component it does not allow is denied, and a name the
+/// application lacks is not found.
+#[tokio::test]
+async fn a_private_component_is_reached_only_from_inside() {
+    let dir = app_dir("app-private", APP);
+    let server = start(&dir);
+    assert_eq!(
+        ok(&server, "/outbound?authority=hidden.spin.internal").await,
+        "Hello World\n"
+    );
+    for (authority, error) in [
+        ("hello.spin.internal", "HttpRequestDenied"),
+        ("ghost.spin.internal", "DestinationNotFound"),
+    ] {
+        let reply = get(server.addr, &format!("/outbound?authority={authority}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{authority}");
+        assert!(
+            reply.text().contains(error),
+            "{authority}: {}",
+            reply.text()
+        );
+    }
+    let reply = get(server.addr, "/hidden").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
 /// Variables are bound per component through its templates, from the
 /// application's defaults and `SPIN_VARIABLE_*`; a secret never reaches the
 /// log. Another component has no variables.
@@ -221,6 +254,16 @@ async fn a_folder_holding_spin_toml_is_the_same_application() {
 /// `error:` line naming the place and the reason.
 #[test]
 fn what_cannot_be_served_is_refused_at_startup() {
+    let surprising = APP.replace(
+        "source = \"COMPONENTS/hello.wasm\"\n\n[component.spin]",
+        "source = \"COMPONENTS/hello.wasm\"\nsurprise = 1\n\n[component.spin]",
+    );
+    let line = surprising
+        .lines()
+        .position(|l| l == "surprise = 1")
+        .unwrap()
+        + 1;
+    let surprise = format!("line {line}: unknown field `surprise`");
     let cases = [
         (
             APP.replace("route = \"/request\"\n", "route = \"/request\"\nexecutor = { type = \"wagi\" }\n"),
@@ -234,7 +277,7 @@ fn what_cannot_be_served_is_refused_at_startup() {
             APP.replace("key_value_stores = [\"default\"]", "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]"),
             "component `spin`: `sqlite_databases`: Spin's SQLite is not served",
         ),
-        (APP.replace("source = \"COMPONENTS/hello.wasm\"\n\n[component.spin]", "source = \"COMPONENTS/hello.wasm\"\nsurprise = 1\n\n[component.spin]"), "line 33: unknown field `surprise`"),
+        (surprising.clone(), surprise.as_str()),
         (APP.replace("\"{{ greeting }}!\"", "\"{{ nope }}\""), "no value for variable `nope`"),
     ];
     for (index, (manifest, expected)) in cases.iter().enumerate() {

@@ -27,6 +27,7 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         keyvalue: Arc::new(Stores::none()),
         stores_allowed: None,
         files: Arc::new([]),
+        internal: None,
     };
     let mut store = Store::new(
         &engine,

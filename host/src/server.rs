@@ -161,10 +161,12 @@ fn load(
             App::single(Arc::new(Runner::new(guest, pool, sandbox, limits)))
         }
     };
+    let app = Arc::new(app);
+    app.connect();
     runtime
         .block_on(app.check())
         .with_context(|| format!("cannot serve {}", source.path.display()))?;
-    Ok((engines, Arc::new(app), loaded))
+    Ok((engines, app, loaded))
 }
 
 /// The startup lines that say what the server serves and with what.
@@ -264,6 +266,7 @@ impl Settings {
                 keyvalue: Arc::new(stores),
                 stores_allowed: None,
                 files: Arc::new([]),
+                internal: None,
             },
             config: cli.config.clone(),
             limits: RequestLimits {

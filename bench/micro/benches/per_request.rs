@@ -38,6 +38,7 @@ fn per_request(c: &mut Criterion) {
         keyvalue: Arc::new(Stores::none()),
         stores_allowed: None,
         files: Arc::new([]),
+        internal: None,
     };
     let limits = RequestLimits {
         queue_timeout: Duration::from_secs(1),

@@ -10,19 +10,23 @@ mod templates;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::{Request, Response, StatusCode};
+use wasmtime_wasi_http::WasiBody;
 
 use crate::compile::Engines;
 use crate::guest::link;
 use crate::guest::response::{self, ResponseBody};
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
-use crate::imports::http_hooks::Destination;
+use crate::imports::http_hooks::{
+    Destination, INTERNAL_SUFFIX, Internal, InternalCall, InternalHandle,
+};
 use crate::imports::variables::Variables;
 use manifest::{AppComponent, Mount};
 use routes::{Route, Routes};
@@ -38,6 +42,8 @@ pub struct App {
     /// `None` for a single component, served on every path without Spin's
     /// headers, as `wasmtime serve` serves it.
     routes: Option<Routes>,
+    /// Given to every component's requests; points here once [`App::connect`]ed.
+    internal: InternalHandle,
 }
 
 /// What the command line gives every component, beside what its manifest
@@ -58,6 +64,7 @@ impl App {
             runners: vec![runner],
             names: Vec::new(),
             routes: None,
+            internal: Arc::new(OnceLock::new()),
         }
     }
 
@@ -70,13 +77,15 @@ impl App {
         })
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{}: application variables", manifest.display()))?;
+        let internal: InternalHandle = Arc::new(OnceLock::new());
         let mut runners = Vec::new();
         for component in &app.components {
-            let sandbox = sandbox(component, base.sandbox, &values)
+            let mut sandbox = sandbox(component, base.sandbox, &values)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| {
                     format!("{}: component `{}`", manifest.display(), component.name)
                 })?;
+            sandbox.internal = Some(internal.clone());
             let guest = link::load(base.engines, &component.source, base.cache_dir)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("component `{}`", component.name))?;
@@ -100,7 +109,15 @@ impl App {
             runners,
             names,
             routes: Some(routes),
+            internal,
         })
+    }
+
+    /// Lets the components call one another (`NAME.spin.internal`) through
+    /// this application, once it is shared.
+    pub fn connect(self: &Arc<Self>) {
+        let app: Arc<dyn Internal> = self.clone();
+        let _ = self.internal.set(Arc::downgrade(&app));
     }
 
     /// Instantiates every component once, before the server listens.
@@ -205,9 +222,9 @@ fn sandbox(
 }
 
 /// A Spin `allowed_outbound_hosts` entry (`https://api.example.com`,
-/// `http://localhost:8080`, `{{ var }}` templates) as the destinations our
-/// outbound policy allows. Wildcards and in-application calls (`self`,
-/// `*.spin.internal`) are not served yet, and refused rather than widened.
+/// `http://localhost:8080`, `http://NAME.spin.internal`, `{{ var }}`
+/// templates) as the destinations our outbound policy allows. Wildcards and
+/// `self` are not served yet, and refused rather than widened.
 fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Vec<Destination>, String> {
     let entry = templates::render(entry, values)?;
     let (scheme, rest) = entry
@@ -223,9 +240,10 @@ fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Vec<Destin
         }
     };
     let authority = rest.trim_end_matches('/');
-    if authority.contains('*') || authority == "self" || authority.ends_with(".spin.internal") {
+    if authority.contains('*') || authority == "self" {
         return Err(format!(
-            "`{entry}`: wildcards and calls inside the application are not served yet"
+            "`{entry}`: wildcards and `self` are not served yet (name each host, and \
+             `http://NAME{INTERNAL_SUFFIX}` for another component)"
         ));
     }
     let with_port = if authority
@@ -237,4 +255,23 @@ fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Vec<Destin
         format!("{authority}:{default_port}")
     };
     Ok(vec![with_port.parse()?])
+}
+
+impl Internal for App {
+    /// Serves a request to `NAME.spin.internal` with the component `NAME`,
+    /// private or not, as Spin does; an error in its body ends the caller's
+    /// response as a cut-off one.
+    fn call(&self, name: &str, mut request: Request<WasiBody>) -> Option<InternalCall> {
+        let component = self.names.iter().position(|known| known == name)?;
+        let uri = request.uri().clone();
+        routes::set_internal_headers(request.headers_mut(), &uri);
+        let runner = self.runners[component].clone();
+        Some(Box::pin(async move {
+            let response = runner.handle(request).await;
+            response.map(|body| {
+                body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)
+                    .boxed_unsync()
+            })
+        }))
+    }
 }

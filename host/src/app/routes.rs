@@ -119,6 +119,43 @@ impl Matched<'_, '_> {
     /// Sets on `headers` what Spin tells a routed component about its
     /// request, replacing any a client sent under those names.
     pub fn set_headers(&self, headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+        let spin = Spin {
+            path_info: &self.path_info(),
+            based: &self.target.based,
+            raw: &self.target.raw,
+            client: Some(client),
+        };
+        spin.set(headers, uri, self.captures.iter());
+    }
+}
+
+/// A request to `NAME.spin.internal`: Spin routes it to the component as if
+/// matched by `/...`, the whole path its path info.
+pub fn set_internal_headers(headers: &mut HeaderMap, uri: &Uri) {
+    let spin = Spin {
+        path_info: uri.path(),
+        based: "/...",
+        raw: "/...",
+        client: None,
+    };
+    spin.set(headers, uri, std::iter::empty());
+}
+
+/// The values of Spin's request headers.
+struct Spin<'a> {
+    path_info: &'a str,
+    based: &'a str,
+    raw: &'a str,
+    client: Option<SocketAddr>,
+}
+
+impl Spin<'_> {
+    fn set<'c>(
+        &self,
+        headers: &mut HeaderMap,
+        uri: &Uri,
+        captures: impl Iterator<Item = (&'c str, &'c str)>,
+    ) {
         let host = headers
             .get(hyper::header::HOST)
             .and_then(|host| host.to_str().ok())
@@ -126,11 +163,7 @@ impl Matched<'_, '_> {
             .unwrap_or("localhost")
             .to_string();
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let component_route = self
-            .target
-            .raw
-            .strip_suffix("/...")
-            .unwrap_or(&self.target.raw);
+        let component_route = self.raw.strip_suffix("/...").unwrap_or(self.raw);
         let mut set = |name: &str, value: &str| {
             if let (Ok(name), Ok(value)) =
                 (HeaderName::try_from(name), HeaderValue::try_from(value))
@@ -138,14 +171,16 @@ impl Matched<'_, '_> {
                 headers.insert(name, value);
             }
         };
-        set("spin-path-info", &self.path_info());
+        set("spin-path-info", self.path_info);
         set("spin-full-url", &format!("http://{host}{path_and_query}"));
-        set("spin-matched-route", &self.target.based);
+        set("spin-matched-route", self.based);
         set("spin-base-path", "/");
-        set("spin-raw-component-route", &self.target.raw);
+        set("spin-raw-component-route", self.raw);
         set("spin-component-route", component_route);
-        set("spin-client-addr", &client.to_string());
-        for (name, value) in self.captures.iter() {
+        if let Some(client) = self.client {
+            set("spin-client-addr", &client.to_string());
+        }
+        for (name, value) in captures {
             set(
                 &format!("spin-path-match-{}", name.to_ascii_lowercase()),
                 value,

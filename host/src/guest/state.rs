@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
-use crate::imports::http_hooks::{Destination, OutboundPolicy};
+use crate::imports::http_hooks::{Destination, InternalHandle, OutboundPolicy};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
 use crate::imports::output::GuestOutput;
 use crate::imports::variables::{Config, Variables};
@@ -41,6 +41,9 @@ pub struct Sandbox {
     /// Host folders the component sees read-only, and where (a Spin
     /// component's `files`).
     pub files: Arc<[(PathBuf, String)]>,
+    /// The application the component belongs to, for its requests to
+    /// `NAME.spin.internal`; `None` for a single component.
+    pub internal: Option<InternalHandle>,
 }
 
 pub struct RequestState {
@@ -89,7 +92,10 @@ impl RequestState {
             table,
             wasi: wasi.build(),
             http,
-            outbound: OutboundPolicy::new(sandbox.allowed_outbound.clone()),
+            outbound: OutboundPolicy::new(
+                sandbox.allowed_outbound.clone(),
+                sandbox.internal.clone(),
+            ),
             limiter: MemoryLimiter::new(max_memory),
             config: sandbox.config.clone(),
             keyvalue: sandbox.keyvalue.clone(),

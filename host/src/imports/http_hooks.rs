@@ -5,8 +5,9 @@
 //! on. Hop-by-hop headers never cross into or out of a guest.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use hyper::http::uri::{Authority, Scheme};
 use hyper::http::{HeaderName, Request, Response, Uri, header};
@@ -75,21 +76,43 @@ impl Destination {
     }
 }
 
+/// The suffix of the hosts that name a component of the same application
+/// (`http://NAME.spin.internal/...`), served in process as Spin serves them.
+pub const INTERNAL_SUFFIX: &str = ".spin.internal";
+
+/// An application's components, for the requests a guest sends to another
+/// of them: handled in process, never on the network.
+pub trait Internal: Send + Sync {
+    /// Serves `request` with the component `name`, if the application has
+    /// one of that name.
+    fn call(&self, name: &str, request: Request<WasiBody>) -> Option<InternalCall>;
+}
+
+/// The response of an in-process call.
+pub type InternalCall = Pin<Box<dyn Future<Output = Response<WasiBody>> + Send>>;
+
+/// Where each request finds its application, set once the application is
+/// built (its components' sandboxes are built before it).
+pub type InternalHandle = Arc<OnceLock<Weak<dyn Internal>>>;
+
 /// The wasi-http hooks of one request: the outbound allow-list, at most
 /// [`MAX_OUTBOUND`] outbound requests in flight, and body buffers of
 /// [`BODY_CHUNK`]s; everything else is wasmtime-wasi-http's default.
 pub struct OutboundPolicy {
     /// Shared by every request; built once from the command line.
     allowed: Arc<[Destination]>,
+    /// The application, for requests to `NAME.spin.internal`.
+    internal: Option<InternalHandle>,
     /// Outbound requests in flight, created with the first one so that
     /// requests that make none allocate nothing.
     in_flight: Option<Arc<()>>,
 }
 
 impl OutboundPolicy {
-    pub fn new(allowed: Arc<[Destination]>) -> Self {
+    pub fn new(allowed: Arc<[Destination]>, internal: Option<InternalHandle>) -> Self {
         Self {
             allowed,
+            internal,
             in_flight: None,
         }
     }
@@ -150,6 +173,24 @@ impl WasiHttpHooks for OutboundPolicy {
         // What wasmtime-wasi-http does by default, which we cannot call
         // once we override this method.
         drop(fut);
+        let host = request.uri().host().unwrap_or_default().to_string();
+        if let Some(name) = host.strip_suffix(INTERNAL_SUFFIX) {
+            let app = self
+                .internal
+                .as_ref()
+                .and_then(|handle| handle.get()?.upgrade());
+            let Some(call) = app.and_then(|app| app.call(name, request)) else {
+                return Box::new(async { Err(Error::DestinationNotFound) });
+            };
+            return Box::new(async move {
+                let response = call.await;
+                drop(in_flight);
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
