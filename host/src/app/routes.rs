@@ -164,11 +164,9 @@ impl Spin<'_> {
             .to_string();
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let component_route = self.raw.strip_suffix("/...").unwrap_or(self.raw);
-        let mut set = |name: &str, value: &str| {
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::try_from(name), HeaderValue::try_from(value))
-            {
-                headers.insert(name, value);
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert(HeaderName::from_static(name), value);
             }
         };
         set("spin-path-info", self.path_info);
@@ -181,10 +179,12 @@ impl Spin<'_> {
             set("spin-client-addr", &client.to_string());
         }
         for (name, value) in captures {
-            set(
-                &format!("spin-path-match-{}", name.to_ascii_lowercase()),
-                value,
-            );
+            let name = format!("spin-path-match-{}", name.to_ascii_lowercase());
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
+            }
         }
     }
 }
