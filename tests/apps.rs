@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use e2e::{Server, get, run_to_exit};
+use e2e::{Server, get, get_ok, run_to_exit};
 use hyper::StatusCode;
 
 /// Writes `spin.toml` (with `COMPONENTS` replaced by the folder of the
@@ -94,27 +94,28 @@ fn start(dir: &Path) -> Server {
     )
 }
 
-async fn ok(server: &Server, path: &str) -> String {
-    let reply = get(server.addr, path).await;
-    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
-    reply.text().to_string()
-}
-
 /// Each route is answered by its component; an unmatched path is 404, and
 /// Spin's health path is answered by the server.
 #[tokio::test]
 async fn each_route_reaches_its_component() {
     let dir = app_dir("app-routes", APP);
     let server = start(&dir);
-    assert_eq!(ok(&server, "/").await, "Hello World\n");
-    assert!(ok(&server, "/request").await.contains("path /request\n"));
-    assert_eq!(ok(&server, "/env?name=COMPONENT").await, "testbed\n");
-    assert_eq!(ok(&server, "/spin/acme/").await, "Hello World\n");
+    assert_eq!(get_ok(server.addr, "/").await, "Hello World\n");
+    assert!(
+        get_ok(server.addr, "/request")
+            .await
+            .contains("path /request\n")
+    );
+    assert_eq!(
+        get_ok(server.addr, "/env?name=COMPONENT").await,
+        "testbed\n"
+    );
+    assert_eq!(get_ok(server.addr, "/spin/acme/").await, "Hello World\n");
     for unmatched in ["/nowhere", "/request/more", "/spin"] {
         let reply = get(server.addr, unmatched).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{unmatched}");
     }
-    assert_eq!(ok(&server, "/.well-known/spin/health").await, "OK");
+    assert_eq!(get_ok(server.addr, "/.well-known/spin/health").await, "OK");
     assert!(
         server.log().contains("an application of 4 components"),
         "{}",
@@ -129,7 +130,7 @@ async fn routed_requests_carry_spins_headers() {
     let dir = app_dir("app-headers", APP);
     let server = start(&dir);
     // The support client sends `host: test.local`.
-    let headers = ok(&server, "/spin/acme/headers?x=1").await;
+    let headers = get_ok(server.addr, "/spin/acme/headers?x=1").await;
     for expected in [
         "spin-full-url: http://test.local/spin/acme/headers?x=1".to_string(),
         "spin-path-info: /headers".into(),
@@ -142,7 +143,7 @@ async fn routed_requests_carry_spins_headers() {
     ] {
         assert!(headers.contains(&expected), "{expected} not in\n{headers}");
     }
-    let seen = ok(&server, "/request").await;
+    let seen = get_ok(server.addr, "/request").await;
     assert!(
         seen.contains("header spin-matched-route: /request\n"),
         "{seen}"
@@ -173,7 +174,7 @@ async fn a_private_component_is_reached_only_from_inside() {
     let dir = app_dir("app-private", APP);
     let server = start(&dir);
     assert_eq!(
-        ok(&server, "/outbound?authority=hidden.spin.internal").await,
+        get_ok(server.addr, "/outbound?authority=hidden.spin.internal").await,
         "Hello World\n"
     );
     for (authority, error) in [
@@ -200,10 +201,13 @@ async fn variables_are_bound_per_component_and_secrets_stay_out_of_the_log() {
     let dir = app_dir("app-variables", APP);
     let server = start(&dir);
     assert_eq!(
-        ok(&server, "/spin/acme/var/message").await,
+        get_ok(server.addr, "/spin/acme/var/message").await,
         "hello from the app!"
     );
-    assert_eq!(ok(&server, "/spin/acme/var/token").await, "s3cret-token");
+    assert_eq!(
+        get_ok(server.addr, "/spin/acme/var/token").await,
+        "s3cret-token"
+    );
     let reply = get(server.addr, "/spin/acme/var/greeting").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
     assert!(reply.text().contains("Undefined"), "{}", reply.text());
@@ -216,14 +220,17 @@ async fn variables_are_bound_per_component_and_secrets_stay_out_of_the_log() {
 async fn stores_and_files_are_what_the_manifest_grants() {
     let dir = app_dir("app-grants", APP);
     let server = start(&dir);
-    assert_eq!(ok(&server, "/spin/acme/count").await, "1\n");
-    assert_eq!(ok(&server, "/spin/acme/count").await, "2\n");
-    assert_eq!(ok(&server, "/spin/acme/open/default").await, "opened\n");
+    assert_eq!(get_ok(server.addr, "/spin/acme/count").await, "1\n");
+    assert_eq!(get_ok(server.addr, "/spin/acme/count").await, "2\n");
+    assert_eq!(
+        get_ok(server.addr, "/spin/acme/open/default").await,
+        "opened\n"
+    );
     let reply = get(server.addr, "/spin/acme/open/other").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert!(reply.text().contains("AccessDenied"), "{}", reply.text());
     assert_eq!(
-        ok(&server, "/spin/acme/file/index.html").await,
+        get_ok(server.addr, "/spin/acme/file/index.html").await,
         "<h1>static</h1>\n"
     );
     let reply = get(server.addr, "/spin/acme/write/new.txt").await;
@@ -238,7 +245,7 @@ async fn stores_and_files_are_what_the_manifest_grants() {
 async fn a_folder_holding_spin_toml_is_the_same_application() {
     let dir = app_dir("app-folder", APP);
     let server = start(&dir);
-    assert_eq!(ok(&server, "/spin/acme/count").await, "1\n");
+    assert_eq!(get_ok(server.addr, "/spin/acme/count").await, "1\n");
     drop(server);
     let data = dir.join("data");
     let server = Server::start_path(
@@ -246,8 +253,11 @@ async fn a_folder_holding_spin_toml_is_the_same_application() {
         &["--config", "api_token=from-config"],
         &[("XDG_DATA_HOME", data.to_str().unwrap())],
     );
-    assert_eq!(ok(&server, "/spin/acme/var/token").await, "from-config");
-    assert_eq!(ok(&server, "/spin/acme/count").await, "2\n");
+    assert_eq!(
+        get_ok(server.addr, "/spin/acme/var/token").await,
+        "from-config"
+    );
+    assert_eq!(get_ok(server.addr, "/spin/acme/count").await, "2\n");
 }
 
 /// What cannot be served stops the server before it listens, with one

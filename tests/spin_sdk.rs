@@ -6,20 +6,13 @@
 //! component using Spin's SQLite, and PyPI's spin-sdk, whose componentize-py
 //! build imports every Spin API.
 
-use e2e::{Redis, Server, get, run_to_exit};
+use e2e::{Redis, Server, get, get_ok, run_to_exit};
 use hyper::StatusCode;
 
 /// spin-sdk 7: WASI 0.3, Spin's 3.0.0 interfaces.
 const SDK7: &str = "spin-guest";
 /// spin-sdk 5.2: WASI 0.2, Spin's 2.0.0 interfaces.
 const SDK5: &str = "spin-v2-guest";
-
-/// `path` on `server`, expected 200: its body.
-async fn ok(server: &Server, path: &str) -> String {
-    let reply = get(server.addr, path).await;
-    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
-    reply.text().to_string()
-}
 
 /// Both SDKs' components answer, count on the default store across requests
 /// and across a restart of the server, and list the store's keys (streamed
@@ -30,18 +23,18 @@ async fn spin_sdk_components_count_on_the_default_store_across_a_restart() {
         let data = e2e::temp_dir(&format!("spin-default-{guest}"));
         let env = [("XDG_DATA_HOME", data.to_str().unwrap())];
         let server = Server::start_with_env(guest, &[], &env);
-        assert_eq!(ok(&server, "/").await, "Hello World\n", "{guest}");
+        assert_eq!(get_ok(server.addr, "/").await, "Hello World\n", "{guest}");
         for expected in 1..=3 {
             assert_eq!(
-                ok(&server, "/count").await,
+                get_ok(server.addr, "/count").await,
                 format!("{expected}\n"),
                 "{guest}"
             );
         }
         drop(server);
         let server = Server::start_with_env(guest, &[], &env);
-        assert_eq!(ok(&server, "/count").await, "4\n", "{guest}");
-        assert_eq!(ok(&server, "/keys").await, "count\n", "{guest}");
+        assert_eq!(get_ok(server.addr, "/count").await, "4\n", "{guest}");
+        assert_eq!(get_ok(server.addr, "/keys").await, "count\n", "{guest}");
         let reply = get(server.addr, "/no-such-route").await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{guest}");
     }
@@ -60,7 +53,10 @@ async fn variables_come_from_config_under_spins_name_rules() {
     ];
     for guest in [SDK7, SDK5] {
         let server = Server::start(guest, &args);
-        assert_eq!(ok(&server, "/var/api_url").await, "https://api.test");
+        assert_eq!(
+            get_ok(server.addr, "/var/api_url").await,
+            "https://api.test"
+        );
         let reply = get(server.addr, "/var/missing").await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{guest}");
         assert!(
@@ -76,8 +72,11 @@ async fn variables_come_from_config_under_spins_name_rules() {
         );
     }
     let server = Server::start(SDK7, &args);
-    assert_eq!(ok(&server, "/config/Upper").await, "u");
-    assert_eq!(ok(&server, "/config/api_url").await, "https://api.test");
+    assert_eq!(get_ok(server.addr, "/config/Upper").await, "u");
+    assert_eq!(
+        get_ok(server.addr, "/config/api_url").await,
+        "https://api.test"
+    );
     let reply = get(server.addr, "/config/missing").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
@@ -97,7 +96,11 @@ async fn only_the_stores_given_open() {
             "{guest}: {}",
             reply.text()
         );
-        assert_eq!(ok(&server, "/open/reports").await, "opened\n", "{guest}");
+        assert_eq!(
+            get_ok(server.addr, "/open/reports").await,
+            "opened\n",
+            "{guest}"
+        );
     }
 }
 
@@ -163,10 +166,10 @@ async fn listing_a_store_too_large_for_one_answer_is_refused() {
             "{guest}: {}",
             reply.text()
         );
-        assert_eq!(ok(&server, "/").await, "Hello World\n");
+        assert_eq!(get_ok(server.addr, "/").await, "Hello World\n");
     }
     let server = Server::start(SDK7, &["--keyvalue", url.as_str()]);
-    assert_eq!(ok(&server, "/keys").await.lines().count(), 200);
+    assert_eq!(get_ok(server.addr, "/keys").await.lines().count(), 200);
 }
 
 /// A component that uses Spin's SQLite is refused at load, with one line

@@ -416,6 +416,13 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     Conn::http1(addr).await.send("GET", path, "").await
 }
 
+/// `path` at `addr`, which must answer 200: its body.
+pub async fn get_ok(addr: SocketAddr, path: &str) -> String {
+    let reply = get(addr, path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+    reply.text().to_string()
+}
+
 /// Asserts that `reply` is exactly what the Node.js seed sends.
 pub fn assert_hello(reply: &Reply) {
     assert_eq!(reply.status, StatusCode::OK);
