@@ -260,6 +260,77 @@ async fn a_folder_holding_spin_toml_is_the_same_application() {
     assert_eq!(get_ok(server.addr, "/spin/acme/count").await, "2\n");
 }
 
+/// Two components, each in a file of its own.
+const TWO: &str = r#"
+spin_manifest_version = 2
+
+[application]
+name = "reloaded"
+
+[[trigger.http]]
+route = "/"
+component = "a"
+
+[[trigger.http]]
+route = "/request"
+component = "b"
+
+[component.a]
+source = "a.wasm"
+
+[component.b]
+source = "b.wasm"
+"#;
+
+/// A reload takes every changed component of the application as one step:
+/// two components swapped at once are both served anew; a reload in which
+/// one component is broken changes none; a changed manifest is refused
+/// until a restart.
+#[tokio::test]
+async fn a_reload_swaps_the_applications_components_all_or_nothing() {
+    let dir = app_dir("app-reload", TWO);
+    let copy = |name: &str, to: &str| {
+        std::fs::copy(e2e::component(name), dir.join(to)).unwrap();
+    };
+    copy("hello", "a.wasm");
+    copy("testbed", "b.wasm");
+    let server = Server::start_path(&dir, &[], &[]);
+    assert_eq!(get_ok(server.addr, "/").await, "Hello World\n");
+    assert!(
+        get_ok(server.addr, "/request")
+            .await
+            .contains("path /request\n")
+    );
+
+    copy("testbed", "a.wasm");
+    copy("hello", "b.wasm");
+    server.hangup();
+    server.wait_for_log("reloaded ").await;
+    assert_eq!(get_ok(server.addr, "/request").await, "Hello World\n");
+    let reply = get(server.addr, "/").await;
+    assert_ne!(reply.text(), "Hello World\n", "a is the testbed now");
+
+    // One broken component: neither is replaced.
+    copy("hello", "a.wasm");
+    std::fs::write(dir.join("b.wasm"), b"not a component").unwrap();
+    server.hangup();
+    server.wait_for_log("reload failed").await;
+    assert!(server.log().contains("component `b`"), "{}", server.log());
+    assert_eq!(get_ok(server.addr, "/request").await, "Hello World\n");
+    assert_ne!(get(server.addr, "/").await.text(), "Hello World\n");
+
+    // A changed manifest waits for a restart.
+    let manifest = dir.join("spin.toml");
+    let changed = std::fs::read_to_string(&manifest).unwrap() + "\n# edited\n";
+    std::fs::write(&manifest, changed).unwrap();
+    copy("testbed", "b.wasm");
+    server.hangup();
+    server
+        .wait_for_log("restart the server to apply them")
+        .await;
+    assert_eq!(get_ok(server.addr, "/request").await, "Hello World\n");
+}
+
 /// What cannot be served stops the server before it listens, with one
 /// `error:` line naming the place and the reason.
 #[test]

@@ -90,7 +90,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         let listener =
             http::bind(addr, shared).with_context(|| format!("cannot listen on {addr}"))?;
         let shutdown = shutdown::signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engines, app.single_runner().cloned(), source, loaded)
+        let reloader = Reloader::new(engines, app.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
@@ -143,7 +143,9 @@ fn load(
     runtime: &Runtime,
 ) -> Result<(Arc<Engines>, Arc<App>, reload::Stamp)> {
     let engines = Arc::new(Engines::new(pool));
-    let loaded = reload::stamp(&source.path);
+    // Taken before compiling, so that a change made meanwhile is seen; an
+    // application's component files are known once its manifest is read.
+    let before = reload::stamp(std::slice::from_ref(&source.path));
     let cache_dir = source.cache_dir.as_deref();
     let app = match manifest::find(&source.path) {
         Some(manifest) => {
@@ -158,11 +160,20 @@ fn load(
         }
         None => {
             let guest = link::load(&engines, &source.path, cache_dir)?;
-            App::single(Arc::new(Runner::new(guest, pool, sandbox, limits)))
+            App::single(
+                Arc::new(Runner::new(guest, pool, sandbox, limits)),
+                &source.path,
+            )
         }
     };
     let app = Arc::new(app);
     app.connect();
+    let watched = app.watched();
+    let loaded = if watched == [source.path.clone()] {
+        before
+    } else {
+        reload::stamp(&watched)
+    };
     runtime
         .block_on(app.check())
         .with_context(|| format!("cannot serve {}", source.path.display()))?;

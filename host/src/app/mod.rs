@@ -9,7 +9,7 @@ mod templates;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +21,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::compile::Engines;
 use crate::guest::link;
+use crate::guest::loaded::Guest;
 use crate::guest::response::{self, ResponseBody};
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
@@ -44,6 +45,10 @@ pub struct App {
     routes: Option<Routes>,
     /// Given to every component's requests; points here once [`App::connect`]ed.
     internal: InternalHandle,
+    /// Each component's file, in the order of `runners`.
+    sources: Vec<PathBuf>,
+    /// The manifest and a hash of its text, for an application.
+    manifest: Option<(PathBuf, u64)>,
 }
 
 /// What the command line gives every component, beside what its manifest
@@ -58,19 +63,22 @@ pub struct Base<'a> {
 }
 
 impl App {
-    /// A single component.
-    pub fn single(runner: Arc<Runner>) -> Self {
+    /// A single component, loaded from `source`.
+    pub fn single(runner: Arc<Runner>, source: &Path) -> Self {
         Self {
             runners: vec![runner],
             names: Vec::new(),
             routes: None,
             internal: Arc::new(OnceLock::new()),
+            sources: vec![source.to_path_buf()],
+            manifest: None,
         }
     }
 
     /// Compiles and links every component of the application at `manifest`
     /// (not yet instantiated: see [`App::check`]).
     pub fn load(manifest: &Path, base: &Base<'_>) -> Result<Self> {
+        let text_hash = manifest_hash(manifest)?;
         let app = manifest::read(manifest).map_err(anyhow::Error::msg)?;
         let values = templates::values(&app.variables, base.config, |name| {
             std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).ok()
@@ -110,7 +118,56 @@ impl App {
             names,
             routes: Some(routes),
             internal,
+            sources: app.components.iter().map(|c| c.source.clone()).collect(),
+            manifest: Some((manifest.to_path_buf(), text_hash)),
         })
+    }
+
+    /// The files a reload reads: the manifest, if any, and every component.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let manifest = self.manifest.iter().map(|(path, _)| path.clone());
+        manifest.chain(self.sources.iter().cloned()).collect()
+    }
+
+    /// Compiles every component anew from its file, for a reload. An
+    /// application whose manifest changed is refused: what it routes and
+    /// grants is read at start only.
+    pub fn compile(&self, engines: &Engines, cache_dir: Option<&Path>) -> Result<Vec<Guest>> {
+        if let Some((manifest, loaded)) = &self.manifest
+            && manifest_hash(manifest)? != *loaded
+        {
+            bail!(
+                "{} changed: its routes and settings are read at start only; restart the server to apply them",
+                manifest.display()
+            );
+        }
+        let mut guests = Vec::new();
+        for (index, source) in self.sources.iter().enumerate() {
+            let guest = link::load(engines, source, cache_dir).map_err(anyhow::Error::from);
+            guests.push(match self.names.get(index) {
+                Some(name) => guest.with_context(|| format!("component `{name}`"))?,
+                None => guest?,
+            });
+        }
+        Ok(guests)
+    }
+
+    /// Serves `guests` (from [`App::compile`]) from now on, all of them or,
+    /// if any fails to instantiate, none: requests in flight finish on the
+    /// components they started with.
+    pub async fn replace(&self, guests: Vec<Guest>) -> Result<()> {
+        for (index, (runner, guest)) in self.runners.iter().zip(&guests).enumerate() {
+            if let Err(err) = runner.check_guest(guest).await {
+                match self.names.get(index) {
+                    Some(name) => bail!("component `{name}`: instantiating it failed: {err:#}"),
+                    None => bail!("instantiating it failed: {err:#}"),
+                }
+            }
+        }
+        for (runner, guest) in self.runners.iter().zip(guests) {
+            runner.swap(guest);
+        }
+        Ok(())
     }
 
     /// Lets the components call one another (`NAME.spin.internal`) through
@@ -131,12 +188,6 @@ impl App {
             }
         }
         Ok(())
-    }
-
-    /// The single component's runner, for reloads; `None` for an
-    /// application.
-    pub fn single_runner(&self) -> Option<&Arc<Runner>> {
-        self.routes.is_none().then(|| &self.runners[0])
     }
 
     /// What is served, for the startup log.
@@ -274,4 +325,10 @@ impl Internal for App {
             })
         }))
     }
+}
+
+/// A hash of the manifest's text, to tell a reload whether it changed.
+fn manifest_hash(path: &Path) -> Result<u64> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(xxhash_rust::xxh3::xxh3_64(&text))
 }

@@ -80,13 +80,16 @@ impl Runner {
         self.try_instantiate(&self.guest.load()).await
     }
 
-    /// Serves `guest` from now on, once it has instantiated; requests already
-    /// running finish on the component they started with. On error the
-    /// current component stays.
-    pub async fn replace(&self, guest: Guest) -> wasmtime::Result<()> {
-        self.try_instantiate(&guest).await?;
+    /// Instantiates `guest` once, as [`Runner::check`] does for the current
+    /// one: what a reload does before it [`Runner::swap`]s.
+    pub async fn check_guest(&self, guest: &Guest) -> wasmtime::Result<()> {
+        self.try_instantiate(guest).await
+    }
+
+    /// Serves `guest` from now on; requests already running finish on the
+    /// component they started with, in the same slots.
+    pub fn swap(&self, guest: Guest) {
         self.guest.store(Arc::new(guest));
-        Ok(())
     }
 
     /// Instantiates `guest` once and drops it, holding an instance slot like
