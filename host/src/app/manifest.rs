@@ -226,6 +226,20 @@ fn parse(text: &str, base: &Path) -> Result<App, String> {
             at(version.span())
         ));
     }
+    // Spin mounts every route under `[application.trigger.http] base`; only
+    // the root is served here, so another base is refused, not ignored.
+    let http_base = document
+        .application
+        .trigger
+        .get("http")
+        .and_then(|http| http.get("base"));
+    if let Some(other) =
+        http_base.filter(|b| b.as_str().is_none_or(|b| b.trim_end_matches('/') != ""))
+    {
+        return Err(format!(
+            "`[application.trigger.http] base = {other}` is not served: routes are served from `/`"
+        ));
+    }
     if let Some(kind) = document
         .triggers
         .keys()
@@ -461,6 +475,11 @@ mod tests {
             let err = app(&format!("{HEAD}{body}")).unwrap_err();
             assert!(err.contains(expected), "{expected:?} not in {err:?}");
         }
+        let base = "[application.trigger.http]\nbase = \"/api\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = \"c\"\n[component.c]\nsource = \"c.wasm\"\n";
+        let err = app(&format!("{HEAD}{base}")).unwrap_err();
+        assert!(err.contains("base = \"/api\"` is not served"), "{err}");
+        let root = base.replace("/api", "/");
+        assert!(app(&format!("{HEAD}{root}")).is_ok());
         let err = app("spin_manifest_version = \"1\"\n[application]\nname = \"x\"\n").unwrap_err();
         assert!(err.contains("must be 2"), "{err}");
     }
