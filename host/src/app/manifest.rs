@@ -233,9 +233,10 @@ fn parse(text: &str, base: &Path) -> Result<App, String> {
         .trigger
         .get("http")
         .and_then(|http| http.get("base"));
-    if let Some(other) =
-        http_base.filter(|b| b.as_str().is_none_or(|b| b.trim_end_matches('/') != ""))
-    {
+    if let Some(other) = http_base.filter(|b| {
+        b.as_str()
+            .is_none_or(|b| !b.trim_end_matches('/').is_empty())
+    }) {
         return Err(format!(
             "`[application.trigger.http] base = {other}` is not served: routes are served from `/`"
         ));
