@@ -238,6 +238,46 @@ async fn stores_and_files_are_what_the_manifest_grants() {
     assert!(!dir.join("static/new.txt").exists());
 }
 
+/// `files` given as Spin's globs and single files, with `exclude_files`:
+/// the component sees what they select at the paths Spin gives them, and
+/// nothing else of the application's folder.
+#[tokio::test]
+async fn globs_single_files_and_exclusions_place_files_as_spin_does() {
+    let manifest = APP.replace(
+        r#"files = [{ source = "static", destination = "/static" }]"#,
+        r#"files = ["static/*.html", { source = "notes.txt", destination = "/static/notes.txt" }]
+exclude_files = ["static/secret*"]"#,
+    );
+    let dir = app_dir("app-globs", &manifest);
+    std::fs::write(dir.join("static/secret.html"), "secret\n").unwrap();
+    std::fs::write(dir.join("static/draft.tmp"), "draft\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "notes\n").unwrap();
+    let server = start(&dir);
+    assert_eq!(
+        get_ok(server.addr, "/spin/acme/file/index.html").await,
+        "<h1>static</h1>\n"
+    );
+    assert_eq!(
+        get_ok(server.addr, "/spin/acme/file/notes.txt").await,
+        "notes\n"
+    );
+    for hidden in ["secret.html", "draft.tmp", "../spin.toml"] {
+        let reply = get(server.addr, &format!("/spin/acme/file/{hidden}")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{hidden}: {}",
+            reply.text()
+        );
+    }
+    let reply = get(server.addr, "/spin/acme/write/index.html").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("static/index.html")).unwrap(),
+        "<h1>static</h1>\n"
+    );
+}
+
 /// The manifest's folder works as the path, as `spin up --from DIR` does,
 /// and is the same application: it finds the default store the manifest's
 /// path filled.

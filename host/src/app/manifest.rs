@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use super::files::FileEntry;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -148,6 +150,8 @@ struct Component {
 #[derive(Debug)]
 pub struct App {
     pub name: String,
+    /// The folder holding the manifest, which its paths are relative to.
+    pub root: PathBuf,
     pub variables: BTreeMap<String, Variable>,
     pub components: Vec<AppComponent>,
     /// Every public route, in manifest order, with its component's index.
@@ -162,16 +166,10 @@ pub struct AppComponent {
     pub environment: Vec<(String, String)>,
     /// `[component.NAME.variables]`: templates over the application's.
     pub variables: BTreeMap<String, String>,
-    pub files: Vec<Mount>,
+    pub files: Vec<FileEntry>,
+    pub exclude_files: Vec<String>,
     pub allowed_outbound_hosts: Vec<String>,
     pub key_value_stores: Vec<String>,
-}
-
-/// A host directory the component sees read-only.
-#[derive(Debug, Clone)]
-pub struct Mount {
-    pub source: PathBuf,
-    pub destination: String,
 }
 
 /// Where the manifest of `path` is: the file itself, or `spin.toml` in the
@@ -187,8 +185,9 @@ pub fn find(path: &Path) -> Option<PathBuf> {
 pub fn read(path: &Path) -> Result<App, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base).map_err(|err| format!("{}: {err}", path.display()))
+    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    parse(&text, &base).map_err(|err| format!("{}: {err}", path.display()))
 }
 
 /// The line of `[component.NAME]` in `text`, if it is written so.
@@ -331,15 +330,16 @@ fn parse(text: &str, base: &Path) -> Result<App, String> {
     }
     Ok(App {
         name: document.application.name,
+        root: base.to_path_buf(),
         variables: document.variables,
         components,
         routes,
     })
 }
 
-/// What a `files` entry may be here.
-const FILES_SERVED: &str = "a `files` entry must be `{ source = DIR, destination = PATH }` or a \
-    folder's path: single files and glob patterns are not served yet";
+/// What a `files` entry is, as Spin reads it.
+const FILES_FORM: &str =
+    "a `files` entry is a path or glob, or `{ source = PATH, destination = PATH }`";
 
 /// Checks `[component.NAME]` (at line `header`, when known) against what
 /// is served, and makes its paths absolute.
@@ -369,31 +369,21 @@ fn component(
     if !declared.dependencies.is_empty() {
         return refuse("component `dependencies` are not composed here");
     }
-    if !declared.exclude_files.is_empty() {
-        return refuse("`exclude_files` (and glob patterns in `files`) are not served yet");
-    }
     let mut files = Vec::new();
     for file in &declared.files {
-        let (source, destination) = match file {
-            toml::Value::String(path) => (
-                path.as_str(),
-                format!("/{}", path.trim_start_matches("./").trim_end_matches('/')),
-            ),
+        files.push(match file {
+            toml::Value::String(pattern) => FileEntry::Pattern(pattern.clone()),
             toml::Value::Table(table) if table.len() == 2 => {
                 let get = |key: &str| table.get(key).and_then(|v| v.as_str());
                 match (get("source"), get("destination")) {
-                    (Some(source), Some(destination)) => (source, destination.to_string()),
-                    _ => return refuse(FILES_SERVED),
+                    (Some(source), Some(destination)) => FileEntry::Placement {
+                        source: source.to_string(),
+                        destination: destination.to_string(),
+                    },
+                    _ => return refuse(FILES_FORM),
                 }
             }
-            _ => return refuse(FILES_SERVED),
-        };
-        if !base.join(source).is_dir() {
-            return refuse(FILES_SERVED);
-        }
-        files.push(Mount {
-            source: base.join(source),
-            destination,
+            _ => return refuse(FILES_FORM),
         });
     }
     let mut allowed_outbound_hosts = declared.allowed_outbound_hosts;
@@ -404,6 +394,7 @@ fn component(
         environment: declared.environment.into_iter().collect(),
         variables: declared.variables,
         files,
+        exclude_files: declared.exclude_files,
         allowed_outbound_hosts,
         key_value_stores: declared.key_value_stores,
     })

@@ -3,6 +3,7 @@
 //! sandbox and runner, chosen per request by path ([`routes`]). A request
 //! still gets a fresh instance of the one component it is routed to.
 
+mod files;
 pub mod manifest;
 mod routes;
 mod templates;
@@ -29,7 +30,8 @@ use crate::imports::http_hooks::{
     Destination, INTERNAL_SUFFIX, Internal, InternalCall, InternalHandle,
 };
 use crate::imports::variables::Variables;
-use manifest::{AppComponent, Mount};
+use files::Placed;
+use manifest::AppComponent;
 use routes::{Route, Routes};
 
 /// Spin's health path, answered by the server itself as Spin does.
@@ -49,6 +51,8 @@ pub struct App {
     sources: Vec<PathBuf>,
     /// The manifest and a hash of its text, for an application.
     manifest: Option<(PathBuf, u64)>,
+    /// Each component's files, kept (staged copies included) while served.
+    _files: Vec<Placed>,
 }
 
 /// What the command line gives every component, beside what its manifest
@@ -72,6 +76,7 @@ impl App {
             internal: Arc::new(OnceLock::new()),
             sources: vec![source.to_path_buf()],
             manifest: None,
+            _files: Vec::new(),
         }
     }
 
@@ -87,8 +92,15 @@ impl App {
         .with_context(|| format!("{}: application variables", manifest.display()))?;
         let internal: InternalHandle = Arc::new(OnceLock::new());
         let mut runners = Vec::new();
+        let mut placed = Vec::new();
         for component in &app.components {
-            let mut sandbox = sandbox(component, base.sandbox, &values)
+            let files = files::place(&app.root, &component.files, &component.exclude_files);
+            let mut sandbox = files
+                .and_then(|files| {
+                    let sandbox = sandbox(component, base.sandbox, &values, &files.mounts);
+                    placed.push(files);
+                    sandbox
+                })
                 .map_err(anyhow::Error::msg)
                 .with_context(|| {
                     format!("{}: component `{}`", manifest.display(), component.name)
@@ -120,6 +132,7 @@ impl App {
             internal,
             sources: app.components.iter().map(|c| c.source.clone()).collect(),
             manifest: Some((manifest.to_path_buf(), text_hash)),
+            _files: placed,
         })
     }
 
@@ -240,6 +253,7 @@ fn sandbox(
     component: &AppComponent,
     base: &Sandbox,
     values: &BTreeMap<String, String>,
+    files: &[(PathBuf, String)],
 ) -> Result<Sandbox, String> {
     let mut sandbox = base.clone();
     let mut env = base.env.to_vec();
@@ -259,16 +273,7 @@ fn sandbox(
     }
     sandbox.allowed_outbound = allowed.into();
     sandbox.stores_allowed = Some(component.key_value_stores.clone().into());
-    sandbox.files = component
-        .files
-        .iter()
-        .map(
-            |Mount {
-                 source,
-                 destination,
-             }| (source.clone(), destination.clone()),
-        )
-        .collect();
+    sandbox.files = files.into();
     Ok(sandbox)
 }
 
