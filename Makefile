@@ -43,10 +43,13 @@ targets:
 # testbed: a plain std wasm32-wasip2 build, which rustc makes a component itself;
 # state-guest, the same, with wasi:config and wasi:keyvalue.
 # hello-p3 and testbed-p3: WASI 0.3 guests, built and wrapped as hello is.
+# counter and fileserver: the rest of spin.toml's application (app/), plain
+# wasm32-wasip2 builds.
 components: hello
-	$(CARGO) build --profile guest -p testbed -p state-guest --target wasm32-wasip2
+	$(CARGO) build --profile guest -p testbed -p state-guest -p counter -p fileserver --target wasm32-wasip2
 	cp target/wasm32-wasip2/guest/testbed.wasm $(TESTBED)
 	cp target/wasm32-wasip2/guest/state_guest.wasm $(COMPONENTS)/state-guest.wasm
+	cp target/wasm32-wasip2/guest/counter.wasm target/wasm32-wasip2/guest/fileserver.wasm $(COMPONENTS)/
 	$(CARGO) build --profile guest -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/hello_p3.wasm $(HELLO_P3)
 	target/$(PROFILE)/componentize target/wasm32-unknown-unknown/guest/testbed_p3.wasm $(TESTBED_P3)
@@ -117,8 +120,9 @@ test: lint build real-guests redis
 
 lint: targets
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 --exclude state-guest -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --all-targets --workspace --exclude hello --exclude testbed --exclude hello-p3 --exclude testbed-p3 --exclude state-guest --exclude counter --exclude fileserver -- -D warnings
 	$(CARGO) clippy --profile guest -p hello -p hello-p3 -p testbed-p3 --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy --profile guest -p counter -p fileserver --target wasm32-wasip2 -- -D warnings
 	$(CARGO) clippy --profile guest -p testbed -p state-guest --target wasm32-wasip2 -- -D warnings
 	for guest in $(SPIN_GUESTS); do \
 	  $(CARGO) fmt --check --manifest-path tests/components/$$guest/Cargo.toml && \

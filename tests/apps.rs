@@ -238,6 +238,51 @@ async fn stores_and_files_are_what_the_manifest_grants() {
     assert!(!dir.join("static/new.txt").exists());
 }
 
+/// The repo's own `spin.toml`, as the README runs it: the hello at `/`, the
+/// counter on the default store, the file server on `app/static`, and
+/// nothing else.
+#[tokio::test]
+async fn the_repos_own_application_answers_its_three_routes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let data = e2e::temp_dir("repo-app");
+    let server = Server::start_path(
+        &repo.join("spin.toml"),
+        &[],
+        &[("XDG_DATA_HOME", data.to_str().unwrap())],
+    );
+    e2e::assert_hello(&get(server.addr, "/").await);
+    assert_eq!(get_ok(server.addr, "/count").await, "1\n");
+    assert_eq!(get_ok(server.addr, "/count").await, "2\n");
+    let page = get(server.addr, "/static/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let index = std::fs::read_to_string(repo.join("app/static/index.html")).unwrap();
+    assert_eq!(page.text(), index);
+    let css = get(server.addr, "/static/style.css").await;
+    assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
+    let mut conn = e2e::Conn::http1(server.addr).await;
+    let head = conn.send("HEAD", "/static/index.html", "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["content-length"], index.len().to_string());
+    assert!(head.body.is_empty());
+    let delete = conn.send("DELETE", "/static/index.html", "").await;
+    assert_eq!(delete.status, StatusCode::METHOD_NOT_ALLOWED);
+    for outside in [
+        "/static/missing.html",
+        "/static/../spin.toml",
+        "/static/%2e%2e/spin.toml",
+        "/elsewhere",
+    ] {
+        let reply = get(server.addr, outside).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{outside}: {}",
+            reply.text()
+        );
+    }
+}
+
 /// `files` given as Spin's globs and single files, with `exclude_files`:
 /// the component sees what they select at the paths Spin gives them, and
 /// nothing else of the application's folder.

@@ -185,7 +185,10 @@ pub fn find(path: &Path) -> Option<PathBuf> {
 pub fn read(path: &Path) -> Result<App, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+    let parent = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty());
+    let base = std::path::absolute(parent.unwrap_or(Path::new(".")))
         .map_err(|err| format!("{}: {err}", path.display()))?;
     parse(&text, &base).map_err(|err| format!("{}: {err}", path.display()))
 }
