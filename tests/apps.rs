@@ -283,6 +283,65 @@ async fn the_repos_own_application_answers_its_three_routes() {
     }
 }
 
+/// `/metrics` counts each route's requests by component, route and status
+/// class, every route listed from the start; the access log names the
+/// component and route of a routed request, and none for an unmatched one.
+#[tokio::test]
+async fn metrics_and_the_access_log_name_the_component_and_route() {
+    let dir = app_dir("app-metrics", APP);
+    let data = dir.join("data");
+    let server = Server::start_path(
+        &dir.join("spin.toml"),
+        &["--access-log", "--admin-addr", "127.0.0.1:0"],
+        &[
+            ("SPIN_VARIABLE_API_TOKEN", "s3cret-token"),
+            ("XDG_DATA_HOME", data.to_str().unwrap()),
+        ],
+    );
+    get_ok(server.addr, "/").await;
+    get_ok(server.addr, "/").await;
+    get_ok(server.addr, "/spin/acme/").await;
+    assert_eq!(
+        get(server.addr, "/unrouted").await.status,
+        StatusCode::NOT_FOUND
+    );
+    server.wait_for_log("GET /unrouted").await;
+    let metrics = get(server.admin.unwrap(), "/metrics").await;
+    let count = |labels: &str| {
+        let series = format!("wasi_http_server_route_requests_total{{{labels}}} ");
+        let line = metrics
+            .text()
+            .lines()
+            .find(|line| line.starts_with(&series));
+        let line = line.unwrap_or_else(|| panic!("no {series} in\n{}", metrics.text()));
+        line[series.len()..].parse::<u64>().unwrap()
+    };
+    assert_eq!(count(r#"component="hello",route="/",class="2xx""#), 2);
+    assert_eq!(
+        count(r#"component="spin",route="/spin/:tenant/...",class="2xx""#),
+        1
+    );
+    assert_eq!(count(r#"component="testbed",route="/env",class="2xx""#), 0);
+    assert!(
+        !metrics.text().contains(r#"component="hidden""#),
+        "a private component has no route"
+    );
+    let log = server.log();
+    let access = |request: &str| {
+        log.lines()
+            .find(|line| line.contains(" access: ") && line.contains(request))
+            .unwrap_or_else(|| panic!("no access line for {request:?} in:\n{log}"))
+            .to_string()
+    };
+    let routed = access("GET /spin/acme/ ");
+    assert!(
+        routed.contains(r#"component="spin" route="/spin/:tenant/...""#),
+        "{routed}"
+    );
+    let unrouted = access("GET /unrouted ");
+    assert!(!unrouted.contains("component="), "{unrouted}");
+}
+
 /// `files` given as Spin's globs and single files, with `exclude_files`:
 /// the component sees what they select at the paths Spin gives them, and
 /// nothing else of the application's folder.

@@ -27,7 +27,34 @@ pub struct Metrics {
     outbound_denied: Counter,
     evicted: Counter,
     stalled_connections: Counter,
+    /// An application's requests, by component, route and status class.
+    by_route: Family<Vec<(&'static str, String)>, Counter>,
 }
+
+/// One route of an application: its own request counts, and the names its
+/// access-log lines give.
+pub struct Served {
+    pub component: String,
+    pub route: String,
+    /// By status class (1xx..5xx), indexed by class - 1.
+    requests: [Counter; 5],
+}
+
+impl Served {
+    pub fn request(&self, status: u16) {
+        if let Some(counter) = class_counter(&self.requests, status) {
+            counter.inc();
+        }
+    }
+}
+
+/// The counter of `status`'s class; none for a status past 5xx.
+fn class_counter(counters: &[Counter; 5], status: u16) -> Option<&Counter> {
+    counters.get(usize::from(status / 100).wrapping_sub(1))
+}
+
+/// The status classes requests are counted by.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -37,8 +64,7 @@ impl Metrics {
         let by_class = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         // One handle per class, taken once: counting a request is then an
         // atomic add, without the family's lookup.
-        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .map(|class| by_class.get_or_create(&vec![("class", class)]).clone());
+        let requests = CLASSES.map(|class| by_class.get_or_create(&vec![("class", class)]).clone());
         registry.register("requests", "Requests answered, by status class", by_class);
         // 10 us to about 40 s: hello takes tens of microseconds, a guest at
         // its deadline takes `--request-timeout`.
@@ -56,8 +82,14 @@ impl Metrics {
             outbound_denied: Counter::default(),
             evicted: Counter::default(),
             stalled_connections: Counter::default(),
+            by_route: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "route_requests",
+            "Requests answered by an application's routes, by component, route and status class",
+            metrics.by_route.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from a request's arrival to the end of its response body",
@@ -122,10 +154,29 @@ impl Metrics {
     }
 
     pub fn request(&self, status: u16, duration: Duration) {
-        if let Some(counter) = self.requests.get(usize::from(status / 100).wrapping_sub(1)) {
+        if let Some(counter) = class_counter(&self.requests, status) {
             counter.inc();
         }
         self.request_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The counts of `route`, served by `component`: created at load, so
+    /// every serving process has the same samples (see `ops::metrics_sum`)
+    /// and a request only adds to a counter it holds.
+    pub fn route(&self, component: &str, route: &str) -> Served {
+        let requests = CLASSES.map(|class| {
+            let labels = vec![
+                ("component", component.to_string()),
+                ("route", route.to_string()),
+                ("class", class.to_string()),
+            ];
+            self.by_route.get_or_create(&labels).clone()
+        });
+        Served {
+            component: component.to_string(),
+            route: route.to_string(),
+            requests,
+        }
     }
 
     pub fn instantiated(&self, duration: Duration) {

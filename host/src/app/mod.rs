@@ -30,6 +30,7 @@ use crate::imports::http_hooks::{
     Destination, INTERNAL_SUFFIX, Internal, InternalCall, InternalHandle,
 };
 use crate::imports::variables::Variables;
+use crate::metrics::Served;
 use files::Placed;
 use manifest::AppComponent;
 use routes::{Route, Routes};
@@ -221,30 +222,32 @@ impl App {
         format!("an application of {count}: {}", parts.join(", "))
     }
 
-    /// Serves `request` from `client` with the component its path routes to.
+    /// Serves `request` from `client` with the component its path routes to;
+    /// for an application, with the route that took it.
     pub async fn handle<B>(
         &self,
         mut request: Request<B>,
         client: SocketAddr,
-    ) -> Response<ResponseBody>
+    ) -> (Response<ResponseBody>, Option<Arc<Served>>)
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let Some(routes) = &self.routes else {
-            return self.runners[0].handle(request).await;
+            return (self.runners[0].handle(request).await, None);
         };
         let uri = request.uri().clone();
         if uri.path() == HEALTH {
-            return response::plain(StatusCode::OK, "OK", None);
+            return (response::plain(StatusCode::OK, "OK", None), None);
         }
         let Some(matched) = routes.find(uri.path()) else {
-            return response::plain(StatusCode::NOT_FOUND, "Not Found\n", None);
+            let response = response::plain(StatusCode::NOT_FOUND, "Not Found\n", None);
+            return (response, None);
         };
         matched.set_headers(request.headers_mut(), &uri, client);
+        let served = matched.served().clone();
         let runner = &self.runners[matched.component];
-        tracing::debug!(component = %self.names[matched.component], "routed");
-        runner.handle(request).await
+        (runner.handle(request).await, Some(served))
     }
 }
 

@@ -3,15 +3,20 @@
 //! writes them (`/exact`, `/:name` segments, a trailing `/...` wildcard), an
 //! exact route before a wildcard and the longest prefix first, the last of
 //! two identical routes winning, private components left out. The table is
-//! built once per load; a request only looks up its path.
+//! built once per load, indexed by a route's first segment so that a request
+//! tries only the routes that can match its path, however many there are.
 //!
 //! A routed request carries the headers Spin sets (`spin-full-url`,
 //! `spin-path-info`, ...), which Spin's SDK routers read.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Uri};
+
+use crate::metrics::{METRICS, Served};
 
 /// A route as the manifest gives it, for the component at `component`.
 pub struct Route<'a> {
@@ -27,11 +32,23 @@ struct Target {
     based: String,
     /// The route as written in the manifest.
     raw: String,
+    /// Its request counts and names, for metrics and the access log.
+    served: Arc<Served>,
 }
 
-/// The routing table.
+/// One routefinder table.
+type Router = routefinder::Router<Arc<Target>>;
+
+/// The routing table. routefinder tries a table's routes one by one, so a
+/// single table of N routes costs every request N tries; here a path's first
+/// segment picks a table holding the few routes that can match it.
 pub struct Routes {
-    router: routefinder::Router<Target>,
+    /// For each first segment a route spells out: its routes, and every
+    /// route that starts with `:name` or the wildcard.
+    by_first: HashMap<String, Router>,
+    /// The routes that start with `:name` or the wildcard, for a path whose
+    /// first segment no route spells out.
+    open: Router,
 }
 
 /// A path matched to its component.
@@ -55,7 +72,7 @@ impl Routes {
             unique.retain(|seen| seen.route != route.route);
             unique.push(route);
         }
-        let mut router = routefinder::Router::new();
+        let mut specs = Vec::new();
         for Route { route, component } in unique {
             let based = based(route);
             // `/...` is Spin's spelling of routefinder's `/*`.
@@ -63,22 +80,51 @@ impl Routes {
                 Some(prefix) => format!("{prefix}/*"),
                 None => based.clone(),
             };
+            let component_name = name(component);
             let target = Target {
                 component,
                 based,
                 raw: route.to_string(),
+                served: Arc::new(METRICS.route(&component_name, route)),
             };
-            router.add(spec.as_str(), target).map_err(|err| {
-                format!("route `{route}` of component `{}`: {err}", name(component))
-            })?;
+            // Parsed alone first, so that a bad route is named with its
+            // component whichever tables it goes into.
+            routefinder::Router::new()
+                .add(spec.as_str(), ())
+                .map_err(|err| format!("route `{route}` of component `{component_name}`: {err}"))?;
+            specs.push((spec, Arc::new(target)));
         }
-        Ok(Self { router })
+        let table = |first: Option<&str>| {
+            let mut router = Router::new();
+            for (spec, target) in &specs {
+                let own = first_segment(spec);
+                if own.is_none() || own == first {
+                    // Parsed above: adding cannot fail.
+                    let _ = router.add(spec.as_str(), target.clone());
+                }
+            }
+            router
+        };
+        let firsts: std::collections::HashSet<&str> = specs
+            .iter()
+            .filter_map(|(spec, _)| first_segment(spec))
+            .collect();
+        Ok(Self {
+            by_first: firsts
+                .into_iter()
+                .map(|first| (first.to_string(), table(Some(first))))
+                .collect(),
+            open: table(None),
+        })
     }
 
     /// The component for `path`, if a route matches it.
     pub fn find<'r, 'p>(&'r self, path: &'p str) -> Option<Matched<'r, 'p>> {
-        let best = self.router.best_match(path)?;
-        let target = best.handler();
+        let router = first_segment(path)
+            .and_then(|first| self.by_first.get(first))
+            .unwrap_or(&self.open);
+        let best = router.best_match(path)?;
+        let target = &**best.handler();
         Some(Matched {
             component: target.component,
             target,
@@ -86,6 +132,15 @@ impl Routes {
             path,
         })
     }
+}
+
+/// The first segment of a route spec or a path, as routefinder splits them
+/// (leading slashes dropped, up to the next `/` or `.`); `None` when it is
+/// a `:name` or the wildcard, which match any.
+fn first_segment(path: &str) -> Option<&str> {
+    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    let first = trimmed.split(['/', '.']).next().unwrap_or_default();
+    (!first.starts_with([':', '*'])).then_some(first)
 }
 
 /// `route` absolute and without one trailing slash, as Spin bases it.
@@ -102,6 +157,11 @@ fn based(route: &str) -> String {
 }
 
 impl Matched<'_, '_> {
+    /// The route's counts and names.
+    pub fn served(&self) -> &Arc<Served> {
+        &self.target.served
+    }
+
     /// The part of the path the trailing wildcard took, with its slashes as
     /// the client wrote them (`spin-path-info`).
     pub fn path_info(&self) -> String {
@@ -206,6 +266,52 @@ mod tests {
 
     fn component(routes: &Routes, path: &str) -> Option<usize> {
         routes.find(path).map(|matched| matched.component)
+    }
+
+    /// The index by first segment picks, for every path, the route one
+    /// routefinder table of all routes picks.
+    #[test]
+    fn the_index_finds_what_one_table_finds() {
+        let pairs = [
+            ("/", 0),
+            ("/...", 1),
+            ("/api/...", 2),
+            ("/api/users/:id", 3),
+            ("/:tenant/settings", 4),
+            ("/static/...", 5),
+            ("/file.txt", 6),
+            ("/file", 7),
+            ("/api", 8),
+        ];
+        let table = routes(&pairs);
+        let mut whole = routefinder::Router::new();
+        for (route, component) in pairs {
+            let spec = based(route).replace("/...", "/*");
+            whole.add(spec.as_str(), component).unwrap();
+        }
+        for path in [
+            "/",
+            "//",
+            "/api",
+            "/api/",
+            "/api/users/7",
+            "/api/users/7/x",
+            "/acme/settings",
+            "/api/settings",
+            "/static/a/b.css",
+            "/file.txt",
+            "/file",
+            "/file.json",
+            "/other",
+            "//api//users/7",
+            "/%61pi/x",
+            "/:tenant/settings",
+            "/a.b/c",
+        ] {
+            let indexed = table.find(path).map(|matched| matched.component);
+            let expected = whole.best_match(path).map(|best| *best.handler());
+            assert_eq!(indexed, expected, "{path}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! end counts the request in the metrics and writes its access-log line.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,16 +16,23 @@ use tracing::info;
 use super::watchdog::InFlight;
 use crate::guest::response::ResponseBody;
 use crate::log::RequestId;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, Served};
 
 pub struct ClientBody {
     body: ResponseBody,
     in_flight: InFlight,
     /// Whether this body waits on the client now.
     waiting: bool,
-    status: StatusCode,
-    started: Instant,
-    access: Option<Access>,
+    end: End,
+}
+
+/// What the request's end counts and logs.
+pub struct End {
+    pub status: StatusCode,
+    pub started: Instant,
+    /// The application's route that took it, if any.
+    pub served: Option<Arc<Served>>,
+    pub access: Option<Access>,
 }
 
 /// What the access-log line of one request says, beyond status and time.
@@ -57,20 +65,12 @@ pub fn path_and_query<B>(request: &Request<B>) -> &str {
 }
 
 impl ClientBody {
-    pub fn new(
-        body: ResponseBody,
-        in_flight: InFlight,
-        status: StatusCode,
-        started: Instant,
-        access: Option<Access>,
-    ) -> Self {
+    pub fn new(body: ResponseBody, in_flight: InFlight, end: End) -> Self {
         let mut this = Self {
             body,
             in_flight,
             waiting: false,
-            status,
-            started,
-            access,
+            end,
         };
         // Handed to hyper: from now on it is up to the client.
         this.set_waiting(true);
@@ -103,7 +103,7 @@ impl Body for ClientBody {
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &frame {
             this.set_waiting(true);
-            if let (Some(access), Some(data)) = (&mut this.access, frame.data_ref()) {
+            if let (Some(access), Some(data)) = (&mut this.end.access, frame.data_ref()) {
                 access.bytes += data.len() as u64;
             }
         }
@@ -124,13 +124,24 @@ impl Drop for ClientBody {
     /// the request's end.
     fn drop(&mut self) {
         self.set_waiting(false);
-        let elapsed = self.started.elapsed();
-        METRICS.request(self.status.as_u16(), elapsed);
-        if let Some(access) = &self.access {
+        let End {
+            status,
+            started,
+            served,
+            access,
+        } = &self.end;
+        let elapsed = started.elapsed();
+        METRICS.request(status.as_u16(), elapsed);
+        if let Some(served) = served {
+            served.request(status.as_u16());
+        }
+        if let Some(access) = access {
             info!(
                 target: "access",
                 id = %access.id,
-                status = self.status.as_u16(),
+                status = status.as_u16(),
+                component = served.as_ref().map(|served| served.component.as_str()),
+                route = served.as_ref().map(|served| served.route.as_str()),
                 bytes = access.bytes,
                 total_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1e3),
                 guest_ms = %format_args!("{:.3}", self.body.guest_time().as_secs_f64() * 1e3),

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Settings;
-use super::access::{Access, ClientBody};
+use super::access::{Access, ClientBody, End};
 use super::watchdog::{Activity, Closed, InFlight};
 use crate::app::App;
 use crate::log::{self, InRequest, RequestId};
@@ -144,11 +144,15 @@ fn serve_connection(
         let access = access_log.then(|| Access::start(id, &request));
         let started = Instant::now();
         InRequest::new(id, span, async move {
-            let response = app.handle(request, peer).await;
+            let (response, served) = app.handle(request, peer).await;
             let status = response.status();
-            Ok::<_, Infallible>(
-                response.map(|body| ClientBody::new(body, in_flight, status, started, access)),
-            )
+            let end = End {
+                status,
+                started,
+                served,
+                access,
+            };
+            Ok::<_, Infallible>(response.map(|body| ClientBody::new(body, in_flight, end)))
         })
     });
     let connection = http
