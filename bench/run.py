@@ -36,6 +36,23 @@ JS_GUEST = os.path.join(ROOT, "target/components/js-guest.wasm")
 PYTHON_GUEST = os.path.join(ROOT, "target/components/python-guest.wasm")
 WASMTIME = os.path.join(ROOT, "target/bench-tools/bin/wasmtime")
 READY_TIMEOUT = 30.0
+SPIN = os.path.join(ROOT, "target/bench-tools/bin/spin")
+
+
+def many_routes_app(routes):
+    """A spin.toml serving the hello at `routes - 1` routes `/rN/:id/...` and
+    `/...`, in target/bench-tools; returns its path."""
+    folder = os.path.join(ROOT, f"target/bench-tools/app-{routes}-routes")
+    os.makedirs(folder, exist_ok=True)
+    lines = ["spin_manifest_version = 2", "[application]", f'name = "routes-{routes}"']
+    for n in range(routes - 1):
+        lines += ["[[trigger.http]]", f'route = "/r{n}/:id/..."', 'component = "hello"']
+    lines += ["[[trigger.http]]", 'route = "/..."', 'component = "hello"']
+    lines += ["[component.hello]", f'source = "{HELLO}"']
+    path = os.path.join(folder, "spin.toml")
+    with open(path, "w") as manifest:
+        manifest.write("\n".join(lines) + "\n")
+    return path
 
 
 def free_port():
@@ -55,8 +72,8 @@ def answers_200(url):
 class Server:
     """One server under test: how to start it on a given port."""
 
-    def __init__(self, name, argv, env=None, ours=None, ours_processes=None):
-        self.name, self.argv, self.env = name, argv, env or {}
+    def __init__(self, name, argv, env=None, ours=None, ours_processes=None, path="/"):
+        self.name, self.argv, self.env, self.path = name, argv, env or {}, path
         # The rows of ours this one is compared with: the same component,
         # served by one process and with --processes.
         self.ours, self.ours_processes = ours, ours_processes
@@ -73,7 +90,7 @@ class Server:
     def start(self):
         """Starts the server and returns seconds from spawn to its first 200."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.url = f"http://127.0.0.1:{self.port}{self.path}"
         started = time.perf_counter()
         self.process = subprocess.Popen(
             self.command(self.port),
@@ -210,6 +227,12 @@ def main():
     # Each row of ours is compared with its twin, too.
     for one, many in [(ours, ours_n), (ours_p3, ours_p3_n), (ours_js, ours_js_n), (ours_py, ours_py_n)]:
         one.ours_processes, many.ours = many, one
+    # The hello as one route of the repo's application, and as one of 100
+    # (matched through `:id` and a wildcard): what routing costs.
+    app = os.path.join(ROOT, "spin.toml")
+    ours_app = Server("ours, the hello as `/` of spin.toml", [ours_bin, app, "--addr", "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n)
+    routes_100 = many_routes_app(100)
+    ours_100 = Server("ours, the hello as 1 of 100 routes", [ours_bin, routes_100, "--addr", "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n, path="/r50/7/x")
     node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours, ours_processes=ours_n)
     servers = [
         ours,
@@ -220,6 +243,8 @@ def main():
         ours_p3_n,
         ours_js_n,
         ours_py_n,
+        ours_app,
+        ours_100,
         Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n),
         node,
     ]
@@ -234,6 +259,13 @@ def main():
         servers.append(Server("wasmtime serve, Python hello", serve + [PYTHON_GUEST], ours=ours_py, ours_processes=ours_py_n))
     else:
         notes.append("`wasmtime serve` skipped: `cargo install wasmtime-cli` into target/bench-tools failed.")
+    if os.access(SPIN, os.X_OK):
+        servers.append(Server("Spin, the same spin.toml", [SPIN, "up", "-f", app, "--listen", "127.0.0.1:{port}"], ours=ours_app))
+    else:
+        notes.append(
+            "Spin skipped: no Spin binary at target/bench-tools/bin/spin (Spin is not on crates.io and "
+            "its release downloads are out of reach here; see BENCHMARKS.md step 21 for the figure from a source build)."
+        )
 
     # Fill both compile caches, so cold starts measure a restart.
     for server in servers:
