@@ -193,6 +193,74 @@ async fn a_private_component_is_reached_only_from_inside() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
 
+/// Each component's `allowed_outbound_hosts`, in Spin's forms (a port
+/// range, `self`, `*.spin.internal`), lets that component out and no other:
+/// the same requests from a component that lists nothing are denied.
+#[tokio::test]
+async fn outbound_hosts_are_per_component_in_spins_forms() {
+    let upstream = Server::start("hello", &[]);
+    let port = upstream.addr.port();
+    let manifest = format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "e2e-outbound"
+[[trigger.http]]
+route = "/"
+component = "hello"
+[[trigger.http]]
+route = "/outbound"
+component = "open"
+[[trigger.http]]
+route = "/closed/..."
+component = "closed"
+[component.hello]
+source = "COMPONENTS/hello.wasm"
+[component.open]
+source = "COMPONENTS/testbed.wasm"
+allowed_outbound_hosts = ["http://127.0.0.1:{}..{}", "http://self", "http://*.spin.internal"]
+[component.closed]
+source = "COMPONENTS/testbed.wasm"
+"#,
+        port - 1,
+        port + 1
+    );
+    let dir = app_dir("app-outbound", &manifest);
+    let server = start(&dir);
+    for authority in [
+        format!("127.0.0.1:{port}"),
+        "self".to_string(),
+        "hello.spin.internal".to_string(),
+    ] {
+        assert_eq!(
+            get_ok(server.addr, &format!("/outbound?authority={authority}")).await,
+            "Hello World\n",
+            "{authority}"
+        );
+        let reply = get(
+            server.addr,
+            &format!("/closed/outbound?authority={authority}"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{authority}");
+        assert!(
+            reply.text().contains("HttpRequestDenied"),
+            "{authority}: {}",
+            reply.text()
+        );
+    }
+    let reply = get(
+        server.addr,
+        &format!("/outbound?authority=localhost:{port}"),
+    )
+    .await;
+    assert!(
+        reply.text().contains("HttpRequestDenied"),
+        "{}",
+        reply.text()
+    );
+}
+
 /// Variables are bound per component through its templates, from the
 /// application's defaults and `SPIN_VARIABLE_*`; a secret never reaches the
 /// log. Another component has no variables.

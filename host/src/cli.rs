@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Parser;
 
-use crate::imports::http_hooks::Destination;
+use crate::imports::allowed::Destination;
 use crate::imports::keyvalue;
 pub use crate::log::LogFormat;
 
@@ -212,10 +212,15 @@ pub struct Cli {
     pub env: Vec<(String, String)>,
 
     /// Let guests send outbound HTTP requests (`wasi:http/outgoing-handler`)
-    /// to HOST or HOST:PORT; repeatable. Without it every outbound request is
+    /// to HOST or HOST:PORT (any scheme), or to an entry in Spin's form
+    /// (`https://api.example.com`, `http://*.internal:8000..8100`,
+    /// `*://10.0.0.0/8:*`); repeatable. Without it every outbound request is
     /// denied with the wasi:http error `HTTP-request-denied`, so a guest cannot
     /// reach internal services unless the operator says so.
-    #[arg(long = "allow-outbound", value_name = "HOST[:PORT]")]
+    #[arg(
+        long = "allow-outbound",
+        value_name = "HOST[:PORT]|SCHEME://HOST[:PORT]"
+    )]
     pub allow_outbound: Vec<Destination>,
 
     /// A configuration value for guests (`wasi:config/store`), as `wasmtime

@@ -390,7 +390,12 @@ fn component(
         });
     }
     let mut allowed_outbound_hosts = declared.allowed_outbound_hosts;
-    allowed_outbound_hosts.extend(declared.allowed_http_hosts);
+    allowed_outbound_hosts.extend(
+        declared
+            .allowed_http_hosts
+            .iter()
+            .flat_map(|entry| from_http_host(entry)),
+    );
     Ok(AppComponent {
         name: name.to_string(),
         source,
@@ -401,6 +406,25 @@ fn component(
         allowed_outbound_hosts,
         key_value_stores: declared.key_value_stores,
     })
+}
+
+/// An entry of Spin 1's `allowed_http_hosts` (`example.com[:PORT]`, `self`,
+/// `insecure:allow-all`) as the `allowed_outbound_hosts` entries Spin
+/// converts it to.
+fn from_http_host(entry: &str) -> Vec<String> {
+    match entry {
+        "insecure:allow-all" => vec![
+            "http://*:*".into(),
+            "https://*:*".into(),
+            "http://self".into(),
+        ],
+        "self" => vec!["http://self".into()],
+        host => {
+            let host = host.split_once("://").map_or(host, |(_, rest)| rest);
+            let host = host.trim_end_matches('/');
+            vec![format!("http://{host}"), format!("https://{host}")]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +460,19 @@ mod tests {
         assert_eq!(app.components[0].environment, [("A".into(), "1".into())]);
         assert_eq!(app.components[1].key_value_stores, ["default"]);
         assert!(app.variables["token"].secret);
+    }
+
+    #[test]
+    fn spin_1_allowed_http_hosts_are_converted_as_spin_converts_them() {
+        assert_eq!(
+            from_http_host("example.com:8080"),
+            ["http://example.com:8080", "https://example.com:8080"]
+        );
+        assert_eq!(from_http_host("self"), ["http://self"]);
+        assert_eq!(
+            from_http_host("insecure:allow-all"),
+            ["http://*:*", "https://*:*", "http://self"]
+        );
     }
 
     #[test]

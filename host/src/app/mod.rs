@@ -26,9 +26,8 @@ use crate::guest::loaded::Guest;
 use crate::guest::response::{self, ResponseBody};
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
-use crate::imports::http_hooks::{
-    Destination, INTERNAL_SUFFIX, Internal, InternalCall, InternalHandle,
-};
+use crate::imports::allowed::Destination;
+use crate::imports::http_hooks::{Internal, InternalCall, InternalHandle};
 use crate::imports::variables::Variables;
 use crate::metrics::Served;
 use files::Placed;
@@ -244,7 +243,7 @@ impl App {
             let response = response::plain(StatusCode::NOT_FOUND, "Not Found\n", None);
             return (response, None);
         };
-        matched.set_headers(request.headers_mut(), &uri, client);
+        matched.set_headers(request.headers_mut(), &uri, Some(client));
         let served = matched.served().clone();
         let runner = &self.runners[matched.component];
         (runner.handle(request).await, Some(served))
@@ -272,7 +271,7 @@ fn sandbox(
     sandbox.config = Arc::new(variables);
     let mut allowed = base.allowed_outbound.to_vec();
     for host in &component.allowed_outbound_hosts {
-        allowed.extend(outbound(host, values)?);
+        allowed.push(outbound(host, values)?);
     }
     sandbox.allowed_outbound = allowed.into();
     sandbox.stores_allowed = Some(component.key_value_stores.clone().into());
@@ -281,58 +280,56 @@ fn sandbox(
 }
 
 /// A Spin `allowed_outbound_hosts` entry (`https://api.example.com`,
-/// `http://localhost:8080`, `http://NAME.spin.internal`, `{{ var }}`
-/// templates) as the destinations our outbound policy allows. Wildcards and
-/// `self` are not served yet, and refused rather than widened.
-fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Vec<Destination>, String> {
+/// `http://*.example.com:8000..8100`, `http://NAME.spin.internal`, `http://self`,
+/// `{{ var }}` templates) as a destination our outbound policy allows.
+fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Destination, String> {
     let entry = templates::render(entry, values)?;
-    let (scheme, rest) = entry
-        .split_once("://")
-        .ok_or_else(|| format!("`{entry}`: an outbound host is `SCHEME://HOST[:PORT]`"))?;
-    let default_port = match scheme {
-        "http" => "80",
-        "https" => "443",
-        _ => {
-            return Err(format!(
-                "`{entry}`: only the `http` and `https` schemes are served"
-            ));
-        }
-    };
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('*') || authority == "self" {
+    if !entry.contains("://") {
         return Err(format!(
-            "`{entry}`: wildcards and `self` are not served yet (name each host, and \
-             `http://NAME{INTERNAL_SUFFIX}` for another component)"
+            "`{entry}`: an outbound host is `SCHEME://HOST[:PORT]`, with `*` wildcards allowed for each"
         ));
     }
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:{default_port}")
-    };
-    Ok(vec![with_port.parse()?])
+    entry.parse()
 }
 
 impl Internal for App {
     /// Serves a request to `NAME.spin.internal` with the component `NAME`,
-    /// private or not, as Spin does; an error in its body ends the caller's
-    /// response as a cut-off one.
+    /// private or not, as Spin does.
     fn call(&self, name: &str, mut request: Request<WasiBody>) -> Option<InternalCall> {
         let component = self.names.iter().position(|known| known == name)?;
         let uri = request.uri().clone();
         routes::set_internal_headers(request.headers_mut(), &uri);
         let runner = self.runners[component].clone();
-        Some(Box::pin(async move {
-            let response = runner.handle(request).await;
-            response.map(|body| {
-                body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)
-                    .boxed_unsync()
-            })
-        }))
+        Some(Box::pin(
+            async move { to_caller(runner.handle(request).await) },
+        ))
     }
+
+    /// Serves a request to `http://self` with the component its path routes
+    /// to, private ones left out, as Spin does; 404 when none.
+    fn route(&self, mut request: Request<WasiBody>) -> InternalCall {
+        let uri = request.uri().clone();
+        let runner = self.routes.as_ref().and_then(|routes| {
+            let matched = routes.find(uri.path())?;
+            matched.set_headers(request.headers_mut(), &uri, None);
+            Some(self.runners[matched.component].clone())
+        });
+        Box::pin(async move {
+            to_caller(match runner {
+                Some(runner) => runner.handle(request).await,
+                None => response::plain(StatusCode::NOT_FOUND, "Not Found\n", None),
+            })
+        })
+    }
+}
+
+/// A component's response as its calling guest reads it: an error in its
+/// body ends the caller's response as a cut-off one.
+fn to_caller(response: Response<ResponseBody>) -> Response<WasiBody> {
+    response.map(|body| {
+        body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)
+            .boxed_unsync()
+    })
 }
 
 /// A hash of the manifest's text, to tell a reload whether it changed.

@@ -178,12 +178,12 @@ impl Matched<'_, '_> {
 
     /// Sets on `headers` what Spin tells a routed component about its
     /// request, replacing any a client sent under those names.
-    pub fn set_headers(&self, headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+    pub fn set_headers(&self, headers: &mut HeaderMap, uri: &Uri, client: Option<SocketAddr>) {
         let spin = Spin {
             path_info: &self.path_info(),
             based: &self.target.based,
             raw: &self.target.raw,
-            client: Some(client),
+            client,
         };
         spin.set(headers, uri, self.captures.iter());
     }
@@ -378,7 +378,7 @@ mod tests {
         let uri: Uri = "/users/42/posts?x=1".parse().unwrap();
         headers.insert("host", "app.test:3000".parse().unwrap());
         headers.insert("spin-path-info", "forged by the client".parse().unwrap());
-        matched.set_headers(&mut headers, &uri, "127.0.0.1:5555".parse().unwrap());
+        matched.set_headers(&mut headers, &uri, "127.0.0.1:5555".parse().ok());
         let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_string();
         assert_eq!(header("spin-path-match-id"), "42");
         assert_eq!(header("spin-path-info"), "/posts");

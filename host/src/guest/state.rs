@@ -12,7 +12,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
-use crate::imports::http_hooks::{Destination, InternalHandle, OutboundPolicy};
+use crate::imports::allowed::Destination;
+use crate::imports::http_hooks::{InternalHandle, OutboundPolicy};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
 use crate::imports::output::GuestOutput;
 use crate::imports::variables::{Config, Variables};

@@ -6,13 +6,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock, Weak};
 
-use hyper::http::uri::{Authority, Scheme};
-use hyper::http::{HeaderName, Request, Response, Uri, header};
+use hyper::http::{HeaderName, Request, Response, header};
 use tracing::warn;
 
+use super::allowed::Destination;
 use crate::metrics::METRICS;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
@@ -40,45 +39,13 @@ pub const MAX_AUTHORITY: usize = 1024;
 pub const MAX_OUTBOUND: usize = 8;
 pub const OUTBOUND_BYTES: usize = 512 << 10;
 
-/// One `--allow-outbound` entry: a host, and a port unless every port is
-/// allowed.
-#[derive(Debug, Clone)]
-pub struct Destination {
-    host: String,
-    port: Option<u16>,
-}
-
-impl FromStr for Destination {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let authority = Authority::from_str(s).map_err(|err| format!("`{s}`: {err}"))?;
-        if s.contains('@') {
-            return Err(format!("`{s}`: give HOST or HOST:PORT, without user info"));
-        }
-        Ok(Self {
-            host: authority.host().to_ascii_lowercase(),
-            port: authority.port_u16(),
-        })
-    }
-}
-
-impl Destination {
-    fn allows(&self, uri: &Uri) -> bool {
-        let Some(host) = uri.host() else { return false };
-        let port = uri.port_u16().or(match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTPS => Some(443),
-            Some(scheme) if *scheme == Scheme::HTTP => Some(80),
-            _ => None,
-        });
-        host.eq_ignore_ascii_case(&self.host)
-            && self.port.is_none_or(|allowed| port == Some(allowed))
-    }
-}
-
 /// The suffix of the hosts that name a component of the same application
 /// (`http://NAME.spin.internal/...`), served in process as Spin serves them.
 pub const INTERNAL_SUFFIX: &str = ".spin.internal";
+
+/// The hosts that name the application itself (`http://self/PATH`), routed
+/// by path in process as Spin routes them.
+pub const SELF_HOSTS: [&str; 2] = ["self", "self.alt"];
 
 /// An application's components, for the requests a guest sends to another
 /// of them: handled in process, never on the network.
@@ -86,6 +53,10 @@ pub trait Internal: Send + Sync {
     /// Serves `request` with the component `name`, if the application has
     /// one of that name.
     fn call(&self, name: &str, request: Request<WasiBody>) -> Option<InternalCall>;
+
+    /// Serves `request` with the component its path routes to (a request to
+    /// `http://self`), as if it came from outside.
+    fn route(&self, request: Request<WasiBody>) -> InternalCall;
 }
 
 /// The response of an in-process call.
@@ -159,7 +130,7 @@ impl WasiHttpHooks for OutboundPolicy {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         if !self.allowed.iter().any(|d| d.allows(request.uri())) {
-            warn!(uri = %request.uri(), "outbound request denied (see --allow-outbound)");
+            warn!(uri = %request.uri(), "outbound request denied (see --allow-outbound, or allowed_outbound_hosts)");
             METRICS.outbound_denied();
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
@@ -173,13 +144,22 @@ impl WasiHttpHooks for OutboundPolicy {
         // What wasmtime-wasi-http does by default, which we cannot call
         // once we override this method.
         drop(fut);
-        let host = request.uri().host().unwrap_or_default().to_string();
-        if let Some(name) = host.strip_suffix(INTERNAL_SUFFIX) {
+        let host = request
+            .uri()
+            .host()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let component = host.strip_suffix(INTERNAL_SUFFIX);
+        if component.is_some() || SELF_HOSTS.contains(&host.as_str()) {
             let app = self
                 .internal
                 .as_ref()
                 .and_then(|handle| handle.get()?.upgrade());
-            let Some(call) = app.and_then(|app| app.call(name, request)) else {
+            let call = app.and_then(|app| match component {
+                Some(name) => app.call(name, request),
+                None => Some(app.route(request)),
+            });
+            let Some(call) = call else {
                 return Box::new(async { Err(Error::DestinationNotFound) });
             };
             return Box::new(async move {

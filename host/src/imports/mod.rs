@@ -2,6 +2,7 @@
 //! body buffers), their stdout and stderr, key-value stores and variables,
 //! each in every version that wasmtime and Spin link.
 
+pub mod allowed;
 pub mod http_hooks;
 pub mod keyvalue;
 pub mod output;

@@ -4,6 +4,9 @@
 //! It is a plain std `wasm32-wasip2` build and so imports `wasi:cli` beyond the
 //! proxy world: serving it proves the host links all of WASI 0.2.
 //!
+//! Routed by a Spin application under a wildcard route, the path is the one
+//! below the route (`spin-path-info`).
+//!
 //! | path | behaviour |
 //! |---|---|
 //! | `/counter` | increments a global and answers with its value |
@@ -56,6 +59,15 @@ impl Guest for Testbed {
         let (path, query) = path_with_query
             .split_once('?')
             .unwrap_or((&path_with_query, ""));
+        // Under an application's wildcard route, the path below it.
+        let path_info = request
+            .headers()
+            .get("spin-path-info")
+            .into_iter()
+            .next()
+            .and_then(|info| String::from_utf8(info).ok())
+            .filter(|info| !info.is_empty());
+        let path = path_info.as_deref().unwrap_or(path);
         match path {
             "/counter" => {
                 let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
