@@ -261,6 +261,48 @@ source = "COMPONENTS/testbed.wasm"
     );
 }
 
+/// A component that calls itself through `http://self` without end holds
+/// one instance per hop until its slots are taken; the next hop waits
+/// `--queue-timeout` and is refused, the chain unwinds, and the server
+/// serves the next requests, the same component's included.
+#[tokio::test]
+async fn a_component_calling_itself_forever_is_stopped_by_its_limits() {
+    let manifest = r#"
+spin_manifest_version = 2
+[application]
+name = "e2e-recursion"
+[[trigger.http]]
+route = "/"
+component = "hello"
+[[trigger.http]]
+route = "/recurse"
+component = "loop"
+[component.hello]
+source = "COMPONENTS/hello.wasm"
+[component.loop]
+source = "COMPONENTS/testbed.wasm"
+allowed_outbound_hosts = ["http://self"]
+"#;
+    let dir = app_dir("app-recursion", manifest);
+    let server = Server::start_path(
+        &dir.join("spin.toml"),
+        &["--max-concurrent-requests", "4", "--queue-timeout", "200ms"],
+        &[("XDG_DATA_HOME", dir.join("data").to_str().unwrap())],
+    );
+    for _ in 0..2 {
+        let reply = get(server.addr, "/recurse").await;
+        // The outermost hop answers with what the innermost was told: the
+        // server is busy (503), its 4 slots held by the chain.
+        assert!(
+            reply.text().contains("Service Unavailable"),
+            "{:?}: {}",
+            reply.status,
+            reply.text()
+        );
+        e2e::assert_hello(&get(server.addr, "/").await);
+    }
+}
+
 /// Variables are bound per component through its templates, from the
 /// application's defaults and `SPIN_VARIABLE_*`; a secret never reaches the
 /// log. Another component has no variables.

@@ -10,6 +10,7 @@
 //! | path | behaviour |
 //! |---|---|
 //! | `/counter` | increments a global and answers with its value |
+//! | `/recurse` | GETs `http://self/recurse` (its own application, this path) and answers its body |
 //! | `/trap` | traps before setting a response |
 //! | `/no-response` | returns without setting a response |
 //! | `/trap-after-headers` | sends the head and a first chunk, then traps |
@@ -206,6 +207,14 @@ impl Guest for Testbed {
                     format!("allocated {} MiB\n", block.len() >> 20).as_bytes(),
                 );
             }
+            "/recurse" => {
+                // Calls its own application at this same path, forever: only
+                // the host's limits end the chain.
+                match fetch_path("self", "/recurse") {
+                    Ok(body) => respond(response_out, &body),
+                    Err(err) => respond_with(response_out, 502, format!("{err}\n").as_bytes()),
+                }
+            }
             "/outbound" => {
                 let authority: String = query_param(query, "authority").unwrap_or_default();
                 match fetch(&authority) {
@@ -315,6 +324,11 @@ fn read_body(body: IncomingBody) -> Vec<u8> {
 /// `GET http://{authority}/` through `wasi:http/outgoing-handler`; the error
 /// is the wasi:http error code, printed.
 fn fetch(authority: &str) -> Result<Vec<u8>, String> {
+    fetch_path(authority, "/")
+}
+
+/// `GET http://{authority}{path}`, as [`fetch`].
+fn fetch_path(authority: &str, path: &str) -> Result<Vec<u8>, String> {
     let request = OutgoingRequest::new(Fields::new());
     request
         .set_scheme(Some(&Scheme::Http))
@@ -322,7 +336,7 @@ fn fetch(authority: &str) -> Result<Vec<u8>, String> {
     request
         .set_authority(Some(authority))
         .map_err(|()| format!("bad authority {authority:?}"))?;
-    request.set_path_with_query(Some("/")).expect("valid path");
+    request.set_path_with_query(Some(path)).expect("valid path");
     let pending = outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))?;
     pending.subscribe().block();
     let response = pending
