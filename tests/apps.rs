@@ -393,6 +393,63 @@ async fn the_repos_own_application_answers_its_three_routes() {
     }
 }
 
+/// `--processes 2` serves the same application from two single-threaded
+/// processes: every route answers, and the counter, on one store shared by
+/// both, gives every count once under 8 concurrent clients.
+#[tokio::test]
+async fn several_processes_serve_the_application_alike() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let data = e2e::temp_dir("repo-app-processes");
+    let server = Server::start_path(
+        &repo.join("spin.toml"),
+        &["--processes", "2"],
+        &[("XDG_DATA_HOME", data.to_str().unwrap())],
+    );
+    e2e::assert_hello(&get(server.addr, "/").await);
+    let css = get(server.addr, "/static/style.css").await;
+    assert_eq!(css.status, StatusCode::OK, "{}", css.text());
+    e2e::each_answer_once(&[&server], "/count", 80).await;
+}
+
+/// Two components built from the same file are still two pools: each takes
+/// `--max-concurrent-requests` instances at once, while the other is full.
+#[tokio::test]
+async fn alike_components_each_have_their_own_slots() {
+    let manifest = r#"
+spin_manifest_version = 2
+[application]
+name = "e2e-alike"
+[[trigger.http]]
+route = "/a/..."
+component = "a"
+[[trigger.http]]
+route = "/b/..."
+component = "b"
+[component.a]
+source = "COMPONENTS/testbed.wasm"
+[component.b]
+source = "COMPONENTS/testbed.wasm"
+"#;
+    let dir = app_dir("app-alike", manifest);
+    let server = Server::start_path(
+        &dir.join("spin.toml"),
+        &["--max-concurrent-requests", "2"],
+        &[("XDG_DATA_HOME", dir.join("data").to_str().unwrap())],
+    );
+    // Each answers at once and keeps its instance for a second after.
+    let requests: Vec<_> = ["/a", "/a", "/b", "/b"]
+        .into_iter()
+        .map(|prefix| {
+            let addr = server.addr;
+            tokio::spawn(async move { get(addr, &format!("{prefix}/after?ms=1000")).await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+}
+
 /// `/metrics` counts each route's requests by component, route and status
 /// class, every route listed from the start; the access log names the
 /// component and route of a routed request, and none for an unmatched one.

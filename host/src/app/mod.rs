@@ -53,6 +53,11 @@ pub struct App {
     manifest: Option<(PathBuf, u64)>,
     /// Each component's files, kept (staged copies included) while served.
     _files: Vec<Placed>,
+    /// Each component's engines, for an application. An engine's pool holds
+    /// `--max-concurrent-requests` instances and each component admits that
+    /// many requests at once, so two components sharing one engine (same
+    /// ABI and shape) would find it full while their own limits let them in.
+    engines: Vec<Engines>,
 }
 
 /// What the command line gives every component, beside what its manifest
@@ -77,6 +82,7 @@ impl App {
             sources: vec![source.to_path_buf()],
             manifest: None,
             _files: Vec::new(),
+            engines: Vec::new(),
         }
     }
 
@@ -93,6 +99,7 @@ impl App {
         let internal: InternalHandle = Arc::new(OnceLock::new());
         let mut runners = Vec::new();
         let mut placed = Vec::new();
+        let mut own_engines = Vec::new();
         for component in &app.components {
             let files = files::place(&app.root, &component.files, &component.exclude_files);
             let mut sandbox = files
@@ -106,9 +113,11 @@ impl App {
                     format!("{}: component `{}`", manifest.display(), component.name)
                 })?;
             sandbox.internal = Some(internal.clone());
-            let guest = link::load(base.engines, &component.source, base.cache_dir)
+            let engines = Engines::new(base.engines.pool());
+            let guest = link::load(&engines, &component.source, base.cache_dir)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("component `{}`", component.name))?;
+            own_engines.push(engines);
             runners.push(Arc::new(Runner::new(
                 guest,
                 base.engines.pool(),
@@ -133,6 +142,7 @@ impl App {
             sources: app.components.iter().map(|c| c.source.clone()).collect(),
             manifest: Some((manifest.to_path_buf(), text_hash)),
             _files: placed,
+            engines: own_engines,
         })
     }
 
@@ -142,7 +152,8 @@ impl App {
         manifest.chain(self.sources.iter().cloned()).collect()
     }
 
-    /// Compiles every component anew from its file, for a reload. An
+    /// Compiles every component anew from its file, for a reload (`engines`
+    /// serves a single component; an application's have their own). An
     /// application whose manifest changed is refused: what it routes and
     /// grants is read at start only.
     pub fn compile(&self, engines: &Engines, cache_dir: Option<&Path>) -> Result<Vec<Guest>> {
@@ -156,6 +167,7 @@ impl App {
         }
         let mut guests = Vec::new();
         for (index, source) in self.sources.iter().enumerate() {
+            let engines = self.engines.get(index).unwrap_or(engines);
             let guest = link::load(engines, source, cache_dir).map_err(anyhow::Error::from);
             guests.push(match self.names.get(index) {
                 Some(name) => guest.with_context(|| format!("component `{name}`"))?,
