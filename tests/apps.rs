@@ -595,8 +595,8 @@ source = "b.wasm"
 
 /// A reload takes every changed component of the application as one step:
 /// two components swapped at once are both served anew; a reload in which
-/// one component is broken changes none; a changed manifest is refused
-/// until a restart.
+/// one component is broken changes none; a changed manifest is served
+/// whole, and a broken one changes nothing.
 #[tokio::test]
 async fn a_reload_swaps_the_applications_components_all_or_nothing() {
     let dir = app_dir("app-reload", TWO);
@@ -630,16 +630,38 @@ async fn a_reload_swaps_the_applications_components_all_or_nothing() {
     assert_eq!(get_ok(server.addr, "/request").await, "Hello World\n");
     assert_ne!(get(server.addr, "/").await.text(), "Hello World\n");
 
-    // A changed manifest waits for a restart.
-    let manifest = dir.join("spin.toml");
-    let changed = std::fs::read_to_string(&manifest).unwrap() + "\n# edited\n";
-    std::fs::write(&manifest, changed).unwrap();
+    // A changed manifest is read whole and served as one: a new route, a
+    // route gone, and the files it names now.
     copy("testbed", "b.wasm");
+    let manifest = dir.join("spin.toml");
+    let edited = TWO.replace("route = \"/request\"", "route = \"/moved/...\"");
+    std::fs::write(&manifest, &edited).unwrap();
     server.hangup();
-    server
-        .wait_for_log("restart the server to apply them")
-        .await;
-    assert_eq!(get_ok(server.addr, "/request").await, "Hello World\n");
+    server.wait_for_log_count("reloaded ", 2).await;
+    assert_eq!(
+        get(server.addr, "/request").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        get_ok(server.addr, "/moved/request")
+            .await
+            .contains("path /moved/request\n")
+    );
+
+    // A manifest that cannot be served changes nothing.
+    std::fs::write(
+        &manifest,
+        edited.replace("[component.b]", "[component.b]\nsurprise = 1"),
+    )
+    .unwrap();
+    server.hangup();
+    server.wait_for_log_count("reload failed", 2).await;
+    assert!(server.log().contains("surprise"), "{}", server.log());
+    assert!(
+        get_ok(server.addr, "/moved/request")
+            .await
+            .contains("path /moved/request\n")
+    );
 }
 
 /// What cannot be served stops the server before it listens, with one

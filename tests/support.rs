@@ -209,11 +209,16 @@ impl Server {
     /// Waits until the log contains `needle`; panics with the log after
     /// [`STEP_TIMEOUT`].
     pub async fn wait_for_log(&self, needle: &str) {
+        self.wait_for_log_count(needle, 1).await;
+    }
+
+    /// Waits until `needle` is in the log `count` times or more.
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize) {
         let deadline = Instant::now() + STEP_TIMEOUT;
-        while !self.log().contains(needle) {
+        while self.log().matches(needle).count() < count {
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
+                "{needle:?} not {count} times in the log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 use tracing::info;
 
-use crate::app::{self, App, manifest};
+use crate::app::{self, App, Current, manifest};
 use crate::cli::Cli;
 use crate::compile::Engines;
 use crate::compile::pool::PoolSettings;
@@ -82,6 +82,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         Role::Serving { first: false, .. } => Vec::new(),
         _ => summary(&source, &app, &stores, host, pool.max_memory),
     };
+    let current = Arc::new(Current::new(app));
     let (listener, shutdown, reloader, admin) = runtime.block_on(async {
         let (addr, shared) = match role {
             Role::Single => (addr, false),
@@ -90,7 +91,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         let listener =
             http::bind(addr, shared).with_context(|| format!("cannot listen on {addr}"))?;
         let shutdown = shutdown::signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engines, app.clone(), source, loaded)
+        let reloader = Reloader::new(engines, current.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
@@ -108,7 +109,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     }
     release_free_memory();
     let workers =
-        Workers::spawn(app, http_settings.clone()).context("starting the worker threads")?;
+        Workers::spawn(current, http_settings.clone()).context("starting the worker threads")?;
     println!("{SERVER_RUNNING}http://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
         admin::announce_and_spawn(admin, admin::own_reports())?;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
@@ -58,6 +59,21 @@ pub struct App {
     /// many requests at once, so two components sharing one engine (same
     /// ABI and shape) would find it full while their own limits let them in.
     engines: Vec<Engines>,
+    /// For an application, what loads it again.
+    recipe: Option<Recipe>,
+}
+
+/// What is served now: a reload that reads a changed manifest swaps in a
+/// new [`App`] whole; a request keeps the one it started with.
+pub type Current = ArcSwap<App>;
+
+/// What an application was loaded with beside its manifest, to load it
+/// again when the manifest changes.
+struct Recipe {
+    sandbox: Sandbox,
+    limits: RequestLimits,
+    config: Vec<(String, String)>,
+    cache_dir: Option<PathBuf>,
 }
 
 /// What the command line gives every component, beside what its manifest
@@ -83,6 +99,7 @@ impl App {
             manifest: None,
             _files: Vec::new(),
             engines: Vec::new(),
+            recipe: None,
         }
     }
 
@@ -143,6 +160,12 @@ impl App {
             manifest: Some((manifest.to_path_buf(), text_hash)),
             _files: placed,
             engines: own_engines,
+            recipe: Some(Recipe {
+                sandbox: base.sandbox.clone(),
+                limits: base.limits,
+                config: base.config.to_vec(),
+                cache_dir: base.cache_dir.map(Path::to_path_buf),
+            }),
         })
     }
 
@@ -152,19 +175,34 @@ impl App {
         manifest.chain(self.sources.iter().cloned()).collect()
     }
 
-    /// Compiles every component anew from its file, for a reload (`engines`
-    /// serves a single component; an application's have their own). An
-    /// application whose manifest changed is refused: what it routes and
-    /// grants is read at start only.
-    pub fn compile(&self, engines: &Engines, cache_dir: Option<&Path>) -> Result<Vec<Guest>> {
-        if let Some((manifest, loaded)) = &self.manifest
-            && manifest_hash(manifest)? != *loaded
-        {
-            bail!(
-                "{} changed: its routes and settings are read at start only; restart the server to apply them",
-                manifest.display()
-            );
+    /// Whether this is an application whose manifest changed since it was
+    /// loaded.
+    pub fn manifest_changed(&self) -> Result<bool> {
+        match &self.manifest {
+            Some((manifest, loaded)) => Ok(manifest_hash(manifest)? != *loaded),
+            None => Ok(false),
         }
+    }
+
+    /// The application as its manifest says now, loaded with what this one
+    /// was loaded with (not yet instantiated: see [`App::check`]).
+    pub fn reread(&self, engines: &Engines) -> Result<App> {
+        let (Some((manifest, _)), Some(recipe)) = (&self.manifest, &self.recipe) else {
+            bail!("a single component has no manifest to read again");
+        };
+        let base = Base {
+            engines,
+            sandbox: &recipe.sandbox,
+            limits: recipe.limits,
+            cache_dir: recipe.cache_dir.as_deref(),
+            config: &recipe.config,
+        };
+        App::load(manifest, &base)
+    }
+
+    /// Compiles every component anew from its file, for a reload (`engines`
+    /// serves a single component; an application's have their own).
+    pub fn compile(&self, engines: &Engines, cache_dir: Option<&Path>) -> Result<Vec<Guest>> {
         let mut guests = Vec::new();
         for (index, source) in self.sources.iter().enumerate() {
             let engines = self.engines.get(index).unwrap_or(engines);

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::Settings;
 use super::access::{Access, ClientBody, End};
 use super::watchdog::{Activity, Closed, InFlight};
-use crate::app::App;
+use crate::app::Current;
 use crate::log::{self, InRequest, RequestId};
 use crate::metrics::METRICS;
 
@@ -51,7 +51,7 @@ pub struct Workers {
 impl Workers {
     /// Starts `--threads` worker threads, each serving the connections it
     /// is given with `app` on its own single-threaded runtime.
-    pub fn spawn(app: Arc<App>, settings: Arc<Settings>) -> std::io::Result<Self> {
+    pub fn spawn(app: Arc<Current>, settings: Arc<Settings>) -> std::io::Result<Self> {
         let mut workers = Self {
             inboxes: Vec::new(),
             threads: Vec::new(),
@@ -83,7 +83,11 @@ impl Workers {
 
 /// One worker: serves each connection it is given on a task of its own, then,
 /// once its inbox closes, drains.
-async fn work(mut incoming: mpsc::UnboundedReceiver<Handoff>, app: Arc<App>, settings: &Settings) {
+async fn work(
+    mut incoming: mpsc::UnboundedReceiver<Handoff>,
+    app: Arc<Current>,
+    settings: &Settings,
+) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     // hyper's timeouts only run with a timer. A head that does not fit the
     // read buffer is answered 431.
@@ -122,7 +126,7 @@ fn serve_connection(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    app: &Arc<App>,
+    app: &Arc<Current>,
     settings: &Settings,
 ) {
     let stream = match TcpStream::from_std(stream) {
@@ -137,7 +141,9 @@ fn serve_connection(
     let watched = activity.clone();
     let access_log = settings.access_log;
     let service = service_fn(move |request: Request<Incoming>| {
-        let app = app.clone();
+        // What is served now: a reload of the manifest swaps it, and a
+        // request keeps the one it started with.
+        let app = app.load_full();
         let in_flight = InFlight::start(watched.clone());
         let id = RequestId::next();
         let span = log::request_span(id);

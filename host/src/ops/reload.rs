@@ -1,9 +1,11 @@
 //! Reload without a restart: on SIGHUP, or with `--watch` when the component
-//! file changes (for an application, any of its components' files), compile
-//! the new components in the background and, if every one compiles, links
-//! and instantiates, send new requests to them; requests in flight finish on
-//! the old ones. If anything fails, the old components keep serving, all of
-//! them, and the log says why.
+//! file changes (for an application, its manifest or any of its components'
+//! files), compile the new components in the background and, if every one
+//! compiles, links and instantiates, send new requests to them; requests in
+//! flight finish on the old ones. A changed manifest is read whole, as at
+//! start (routes, grants, variables, files), and the new application is
+//! swapped in as one. If anything fails, the old components keep serving,
+//! all of them, and the log says why.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info};
 
-use crate::app::App;
+use crate::app::{App, Current};
 use crate::compile::Engines;
 
 /// How often `--watch` looks at the component files. Polling size and
@@ -44,7 +46,7 @@ pub struct Reloader {
     /// The stamp of the files the current components were loaded from.
     loaded: Stamp,
     engines: Arc<Engines>,
-    app: Arc<App>,
+    current: Arc<Current>,
     source: Source,
 }
 
@@ -63,7 +65,7 @@ impl Reloader {
     /// compiled, so a change made while they compiled is not missed.
     pub fn new(
         engines: Arc<Engines>,
-        app: Arc<App>,
+        current: Arc<Current>,
         source: Source,
         loaded: Stamp,
     ) -> std::io::Result<Self> {
@@ -71,7 +73,7 @@ impl Reloader {
             hangup: signal(SignalKind::hangup())?,
             loaded,
             engines,
-            app,
+            current,
             source,
         })
     }
@@ -80,7 +82,7 @@ impl Reloader {
     /// the files. Never returns.
     pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-        let watched = self.app.watched();
+        let mut watched = self.current.load().watched();
         let mut current = std::mem::take(&mut self.loaded);
         let mut changing: Option<Stamp> = None;
         loop {
@@ -104,26 +106,57 @@ impl Reloader {
             current = stamp(&watched);
             changing = None;
             self.reload().await;
+            // A new manifest may name other files: watched from now on.
+            let now_watched = self.current.load().watched();
+            if now_watched != watched {
+                watched = now_watched;
+                current = stamp(&watched);
+            }
         }
     }
 
     async fn reload(&self) {
-        let (engines, app) = (self.engines.clone(), self.app.clone());
-        let cache_dir = self.source.cache_dir.clone();
-        let compiled =
-            tokio::task::spawn_blocking(move || app.compile(&engines, cache_dir.as_deref())).await;
-        let result = match compiled {
-            Ok(Ok(guests)) => self.app.replace(guests).await,
-            Ok(Err(err)) => Err(err),
-            Err(panicked) => Err(anyhow::anyhow!("compiling panicked: {panicked}")),
+        let app = self.current.load_full();
+        let result = match app.manifest_changed() {
+            Ok(true) => self.reread(app).await,
+            Ok(false) => self.recompile(app).await,
+            Err(err) => Err(err),
         };
         match result {
             Ok(()) => info!(
                 "reloaded {}, {}: new requests go to the new component",
                 self.source.path.display(),
-                self.app.describe()
+                self.current.load().describe()
             ),
             Err(err) => error!("reload failed, still serving the previous component: {err:#}"),
         }
+    }
+
+    /// The same components, compiled anew from their files and swapped in.
+    async fn recompile(&self, app: Arc<App>) -> anyhow::Result<()> {
+        let (engines, compiling) = (self.engines.clone(), app.clone());
+        let cache_dir = self.source.cache_dir.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || compiling.compile(&engines, cache_dir.as_deref()))
+                .await;
+        match compiled {
+            Ok(guests) => app.replace(guests?).await,
+            Err(panicked) => Err(anyhow::anyhow!("compiling panicked: {panicked}")),
+        }
+    }
+
+    /// The application as its changed manifest says, loaded and tried whole,
+    /// then served in place of the old one.
+    async fn reread(&self, app: Arc<App>) -> anyhow::Result<()> {
+        let engines = self.engines.clone();
+        let loaded = tokio::task::spawn_blocking(move || app.reread(&engines)).await;
+        let new = match loaded {
+            Ok(new) => Arc::new(new?),
+            Err(panicked) => return Err(anyhow::anyhow!("loading panicked: {panicked}")),
+        };
+        new.connect();
+        new.check().await?;
+        self.current.store(new);
+        Ok(())
     }
 }
