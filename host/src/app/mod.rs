@@ -4,11 +4,12 @@
 //! still gets a fresh instance of the one component it is routed to.
 
 mod files;
+mod grants;
+mod internal;
 pub mod manifest;
 mod routes;
 mod templates;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -16,10 +17,8 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::{Request, Response, StatusCode};
-use wasmtime_wasi_http::WasiBody;
 
 use crate::compile::Engines;
 use crate::guest::link;
@@ -27,12 +26,9 @@ use crate::guest::loaded::Guest;
 use crate::guest::response::{self, ResponseBody};
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
-use crate::imports::allowed::Destination;
-use crate::imports::http_hooks::{Internal, InternalCall, InternalHandle};
-use crate::imports::variables::Variables;
+use crate::imports::http_hooks::{Internal, InternalHandle};
 use crate::metrics::Served;
 use files::Placed;
-use manifest::AppComponent;
 use routes::{Route, Routes};
 
 /// Spin's health path, answered by the server itself as Spin does.
@@ -121,7 +117,7 @@ impl App {
             let files = files::place(&app.root, &component.files, &component.exclude_files);
             let mut sandbox = files
                 .and_then(|files| {
-                    let sandbox = sandbox(component, base.sandbox, &values, &files.mounts);
+                    let sandbox = grants::sandbox(component, base.sandbox, &values, &files.mounts);
                     placed.push(files);
                     sandbox
                 })
@@ -298,88 +294,6 @@ impl App {
         let runner = &self.runners[matched.component];
         (runner.handle(request).await, Some(served))
     }
-}
-
-/// A component's sandbox: the server's, with what its manifest entry adds.
-fn sandbox(
-    component: &AppComponent,
-    base: &Sandbox,
-    values: &BTreeMap<String, String>,
-    files: &[(PathBuf, String)],
-) -> Result<Sandbox, String> {
-    let mut sandbox = base.clone();
-    let mut env = base.env.to_vec();
-    env.extend(component.environment.iter().cloned());
-    sandbox.env = env.into();
-    let variables: Variables = component
-        .variables
-        .iter()
-        .map(|(name, template)| {
-            templates::render(template, values).map(|value| (name.clone(), value))
-        })
-        .collect::<Result<_, _>>()?;
-    sandbox.config = Arc::new(variables);
-    let mut allowed = base.allowed_outbound.to_vec();
-    for host in &component.allowed_outbound_hosts {
-        allowed.push(outbound(host, values)?);
-    }
-    sandbox.allowed_outbound = allowed.into();
-    sandbox.stores_allowed = Some(component.key_value_stores.clone().into());
-    sandbox.files = files.into();
-    Ok(sandbox)
-}
-
-/// A Spin `allowed_outbound_hosts` entry (`https://api.example.com`,
-/// `http://*.example.com:8000..8100`, `http://NAME.spin.internal`, `http://self`,
-/// `{{ var }}` templates) as a destination our outbound policy allows.
-fn outbound(entry: &str, values: &BTreeMap<String, String>) -> Result<Destination, String> {
-    let entry = templates::render(entry, values)?;
-    if !entry.contains("://") {
-        return Err(format!(
-            "`{entry}`: an outbound host is `SCHEME://HOST[:PORT]`, with `*` wildcards allowed for each"
-        ));
-    }
-    entry.parse()
-}
-
-impl Internal for App {
-    /// Serves a request to `NAME.spin.internal` with the component `NAME`,
-    /// private or not, as Spin does.
-    fn call(&self, name: &str, mut request: Request<WasiBody>) -> Option<InternalCall> {
-        let component = self.names.iter().position(|known| known == name)?;
-        let uri = request.uri().clone();
-        routes::set_internal_headers(request.headers_mut(), &uri);
-        let runner = self.runners[component].clone();
-        Some(Box::pin(
-            async move { to_caller(runner.handle(request).await) },
-        ))
-    }
-
-    /// Serves a request to `http://self` with the component its path routes
-    /// to, private ones left out, as Spin does; 404 when none.
-    fn route(&self, mut request: Request<WasiBody>) -> InternalCall {
-        let uri = request.uri().clone();
-        let runner = self.routes.as_ref().and_then(|routes| {
-            let matched = routes.find(uri.path())?;
-            matched.set_headers(request.headers_mut(), &uri, None);
-            Some(self.runners[matched.component].clone())
-        });
-        Box::pin(async move {
-            to_caller(match runner {
-                Some(runner) => runner.handle(request).await,
-                None => response::plain(StatusCode::NOT_FOUND, "Not Found\n", None),
-            })
-        })
-    }
-}
-
-/// A component's response as its calling guest reads it: an error in its
-/// body ends the caller's response as a cut-off one.
-fn to_caller(response: Response<ResponseBody>) -> Response<WasiBody> {
-    response.map(|body| {
-        body.map_err(|_| wasmtime_wasi_http::Error::HttpResponseIncomplete)
-            .boxed_unsync()
-    })
 }
 
 /// A hash of the manifest's text, to tell a reload whether it changed.
