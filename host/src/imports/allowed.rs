@@ -13,7 +13,9 @@ use std::str::FromStr;
 use hyper::http::Uri;
 use hyper::http::uri::Authority;
 
-use super::http_hooks::SELF_HOSTS;
+/// The hosts that name the application itself (`http://self/PATH`), routed
+/// by path in process as Spin routes them (`http_hooks`).
+pub const SELF_HOSTS: [&str; 2] = ["self", "self.alt"];
 
 /// One allow-list entry.
 #[derive(Debug, Clone, PartialEq)]

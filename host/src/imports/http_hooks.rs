@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use hyper::http::{HeaderName, Request, Response, header};
 use tracing::warn;
 
-use super::allowed::Destination;
+use super::allowed::{Destination, SELF_HOSTS};
 use crate::metrics::METRICS;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
@@ -42,10 +42,6 @@ pub const OUTBOUND_BYTES: usize = 512 << 10;
 /// The suffix of the hosts that name a component of the same application
 /// (`http://NAME.spin.internal/...`), served in process as Spin serves them.
 pub const INTERNAL_SUFFIX: &str = ".spin.internal";
-
-/// The hosts that name the application itself (`http://self/PATH`), routed
-/// by path in process as Spin routes them.
-pub const SELF_HOSTS: [&str; 2] = ["self", "self.alt"];
 
 /// An application's components, for the requests a guest sends to another
 /// of them: handled in process, never on the network.
