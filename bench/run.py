@@ -212,14 +212,14 @@ def main():
 
     notes = []
     ours_bin = os.path.join(ROOT, "target/release/wasi-http-server")
-    # Ours as it starts by default (one process, a thread per core), and with
-    # one single-threaded process per core.
-    processes = ["--processes", str(os.cpu_count())]
+    # Ours as it starts by default (one single-threaded serving process per
+    # core), and as one process with a thread per core (`--processes 1`).
+    processes = ["--processes", "1"]
     ours = Server("ours (wasi-http-server)", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"])
     ours_p3 = Server("ours, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}"])
     ours_js = Server("ours, JS hello (componentize-js)", [ours_bin, JS_GUEST, "--addr", "127.0.0.1:{port}"])
     ours_py = Server("ours, Python hello (componentize-py)", [ours_bin, PYTHON_GUEST, "--addr", "127.0.0.1:{port}"])
-    multi = f"ours --processes {os.cpu_count()}"
+    multi = "ours --processes 1"
     ours_n = Server(f"{multi}, hello", [ours_bin, HELLO, "--addr", "127.0.0.1:{port}", *processes])
     ours_p3_n = Server(f"{multi}, WASI 0.3 hello", [ours_bin, HELLO_P3, "--addr", "127.0.0.1:{port}", *processes])
     ours_js_n = Server(f"{multi}, JS hello", [ours_bin, JS_GUEST, "--addr", "127.0.0.1:{port}", *processes])
@@ -308,12 +308,13 @@ def main():
         " medians shown. Cold start: process start to first 200, median of 5.",
         "",
         "Ours ÷ it compares each server with ours serving the same component (the WASI 0.2 hello for hyper and Node),"
-        f" as it starts by default and with `--processes {os.cpu_count()}` (one single-threaded process per core).",
+        f" as it starts by default (one single-threaded serving process per core: {os.cpu_count()} here)"
+        " and with `--processes 1` (one process, a thread per core).",
         "",
         "CPU: the server's user + system time over each run ÷ its requests (all its processes).",
         "Memory: PSS summed over the server's processes (pages they share count once); after load: after the rounds.",
         "",
-        f"| server | req/s | ours ÷ it | --processes {os.cpu_count()} ÷ it | p50 ms | p99 ms | CPU us/req | cold start ms "
+        "| server | req/s | ours ÷ it | --processes 1 ÷ it | p50 ms | p99 ms | CPU us/req | cold start ms "
         "| idle MiB | after load MiB | 1,000 conns MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -332,8 +333,31 @@ def main():
     notes.append(
         f"ours serving the JS hello ÷ the Node.js seed (the same program): "
         f"{median(ours_js.name, 0) / median(node.name, 0):.2f} in req/s, "
-        f"{median(ours_js_n.name, 0) / median(node.name, 0):.2f} with --processes {os.cpu_count()}."
+        f"{median(ours_js_n.name, 0) / median(node.name, 0):.2f} with --processes 1."
     )
+    # Issue 21's goals, by default settings, each against its aim.
+    theirs = {s.ours.name: s for s in servers if s.name.startswith("wasmtime serve") and s.ours}
+    if theirs:
+        def against(ours_server, aim_rps, aim_memory):
+            them = theirs[ours_server.name]
+            ratio = median(ours_server.name, 0) / median(them.name, 0)
+            memory = after[ours_server.name] / after[them.name]
+            cold_ratio = cold[ours_server.name] / cold[them.name]
+            return (
+                f"{ours_server.name}: {ratio:.2f}x `{them.name}` in req/s (aim >= {aim_rps}x), "
+                f"memory after load {memory:.2f}x theirs" + (f" (aim <= {aim_memory}x)" if aim_memory else "")
+                + f", cold start {cold_ratio:.2f}x theirs (aim <= 1.00x)"
+            )
+        goals = [
+            against(ours, 4, None),
+            against(ours_p3, 1.0, None),
+            against(ours_js, 8, 1.5),
+            against(ours_py, 5, 1.5),
+            f"{ours.name} ÷ the Node.js seed: {median(ours.name, 0) / median(node.name, 0):.2f} in req/s (aim >= 1.00), "
+            f"CPU per request {median(ours.name, 4) / median(node.name, 4):.2f}x Node's (aim <= 1.00x)",
+            f"{ours_p3.name}: CPU per request {median(ours_p3.name, 4) / median(ours.name, 4):.2f}x the WASI 0.2 hello's (aim <= 1.3x)",
+        ]
+        lines += ["", "Goals (issue 21), default settings:", *(f"- {goal}" for goal in goals)]
     lines += [f"", *(f"Note: {note}" for note in notes)]
     report = "\n".join(lines).rstrip() + "\n"
     print(report)

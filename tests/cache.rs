@@ -31,9 +31,11 @@ const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "wasi_http_server=debug")];
 const COMPILED: &str = "ready in";
 const FROM_CACHE: &str = ": loaded from the compile cache;";
 
-/// The first start compiles and stores the component; the second loads it.
-/// The log says, before, which component is being prepared and its size,
-/// and after, how long it took and whether the cache served it.
+/// The first start compiles and stores the component (once: the first
+/// serving process compiles, the others load its entry); the second start
+/// loads it everywhere. The log says, before, which component is being
+/// prepared and its size, and after, how long it took and whether the cache
+/// served it.
 #[tokio::test]
 async fn a_restart_loads_the_compiled_component() {
     let dir = cache_dir("reuse");
@@ -41,21 +43,19 @@ async fn a_restart_loads_the_compiled_component() {
     let first = Server::start("hello", &args);
     assert_hello(&get(first.addr, "/").await);
     // Log lines are written by their own thread: wait for them.
-    first.wait_for_log(COMPILED).await;
+    first.wait_for_log_in_each(COMPILED, 1).await;
     let log = first.log();
     assert!(
         log.contains("preparing ") && log.contains("hello.wasm (20"),
         "{log}"
     );
-    assert!(
-        log.contains(": compiled;") && !log.contains(FROM_CACHE),
-        "{log}"
-    );
+    assert_eq!(log.matches(": compiled;").count(), 1, "{log}");
     drop(first);
     entry(&dir);
 
     let second = Server::start("hello", &args);
-    second.wait_for_log(FROM_CACHE).await;
+    second.wait_for_log_in_each(FROM_CACHE, 1).await;
+    assert!(!second.log().contains(": compiled"), "{}", second.log());
     assert_hello(&get(second.addr, "/").await);
 }
 
@@ -81,17 +81,38 @@ async fn a_corrupted_entry_is_recompiled() {
     server.wait_for_log(FROM_CACHE).await;
 }
 
-/// `--no-cache` neither reads nor writes a cache.
+/// `--no-cache` neither reads nor writes the cache: every start compiles
+/// (once, whatever the number of serving processes: see
+/// `tests/processes.rs`), alone with `--processes 1` too.
 #[tokio::test]
 async fn no_cache_compiles_every_time() {
     let dir = cache_dir("none");
-    let server = Server::start_with_env(
-        "hello",
-        &["--no-cache"],
-        &[("XDG_CACHE_HOME", dir.to_str().unwrap())],
-    );
-    assert_hello(&get(server.addr, "/").await);
-    server.wait_for_log("compiled (--no-cache)").await;
+    for processes in [None, Some("1")] {
+        for _ in 0..2 {
+            let mut args = vec!["--no-cache"];
+            args.extend(processes.iter().flat_map(|n| ["--processes", n]));
+            let server = Server::start_with_env(
+                "hello",
+                &args,
+                &[("XDG_CACHE_HOME", dir.to_str().unwrap())],
+            );
+            assert_hello(&get(server.addr, "/").await);
+            server.wait_for_log_in_each(COMPILED, 1).await;
+            assert_eq!(
+                server.log().matches(": compiled").count(),
+                1,
+                "{}",
+                server.log()
+            );
+            if processes.is_some() {
+                assert!(
+                    server.log().contains(": compiled (--no-cache)"),
+                    "{}",
+                    server.log()
+                );
+            }
+        }
+    }
     assert!(!dir.exists());
 }
 

@@ -58,7 +58,7 @@ async fn guest_output_arrives_whole_and_prefixed() {
         let mut ids = std::collections::HashMap::new();
         for line in log.lines().filter(|line| line.contains(" stdout] ")) {
             // [<id> stdout] line <i> from t<n>
-            let (prefix, text) = line.split_once("] ").expect("a prefix");
+            let (prefix, text) = e2e::guest_line(line).split_once("] ").expect("a prefix");
             let id = prefix
                 .strip_prefix('[')
                 .and_then(|p| p.strip_suffix(" stdout"))
@@ -124,7 +124,7 @@ async fn access_log_line_has_the_fields() {
         );
 
         let id = print
-            .split("id=")
+            .split(" id=")
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .expect("an id");
@@ -170,7 +170,10 @@ async fn guest_output_cannot_forge_log_lines() {
         .lines()
         .find(|line| line.contains("ERROR forged"))
         .unwrap();
-    assert!(line.starts_with('['), "a forged line: {line:?}");
+    assert!(
+        e2e::guest_line(line).starts_with('['),
+        "a forged line: {line:?}"
+    );
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
 
     let json = Server::start("testbed", &["--log-format", "json"]);
@@ -242,7 +245,7 @@ async fn host_lines_about_a_request_carry_its_id() {
                 .find(|line| line.contains(" access: ") && line.contains(access))
                 .unwrap_or_else(|| panic!("no access line for {access:?} in:\n{log}"));
             let id = line
-                .split("id=")
+                .split(" id=")
                 .nth(1)
                 .and_then(|rest| rest.split(' ').next());
             format!("request{{id={}}}", id.expect("an id"))

@@ -6,45 +6,15 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit, server_binary};
+use e2e::{
+    Conn, STEP_TIMEOUT, Server, assert_hello, component, get, run_to_exit, server_binary,
+    serving_processes_of,
+};
 use hyper::StatusCode;
 
-/// The serving processes of `server`: its children with
-/// `--serving-process-on`.
+/// The serving processes of `server`.
 fn serving_processes(server: &Server) -> Vec<u32> {
-    serving_processes_of(server.pid())
-}
-
-/// The serving processes of the supervisor `supervisor`.
-fn serving_processes_of(supervisor: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The parent's pid is the second field after the command's ")".
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|ppid| ppid.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(supervisor)
-            && cmdline
-                .split(|&b| b == 0)
-                .any(|arg| arg == b"--serving-process-on")
-        {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    pids
+    server.serving_processes()
 }
 
 fn kill(signal: &str, pid: u32) {
@@ -429,4 +399,169 @@ async fn health_and_metrics_with_serving_processes_down() {
     std::fs::copy(component("hello"), &path).unwrap();
     server.wait_for_log("is serving again").await;
     assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+}
+
+/// The cores this test may run on, as the server counts them.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// By default the server is one single-threaded serving process per core;
+/// with whole-server limits too small to split, fewer (one with
+/// `--max-concurrent-requests 1`); `--processes 1` is this process alone.
+#[tokio::test]
+async fn by_default_one_process_serves_per_core() {
+    let server = Server::start("hello", &[]);
+    let processes = serving_processes(&server);
+    if cores() > 1 {
+        assert_eq!(processes.len(), cores(), "log:\n{}", server.log());
+        every_process_answers(&server, &processes, "Hello World\n").await;
+    } else {
+        assert!(processes.is_empty(), "one core: {processes:?}");
+    }
+    let fitted = Server::start("hello", &["--max-concurrent-requests", "1"]);
+    assert!(serving_processes(&fitted).is_empty());
+    assert_hello(&get(fitted.addr, "/").await);
+    let single = Server::start("hello", &["--processes", "1"]);
+    assert!(serving_processes(&single).is_empty());
+    assert_hello(&get(single.addr, "/").await);
+}
+
+/// Every line a serving process logs says which it is, with its pid, in
+/// text and in JSON: its own lines, access lines and its guest's output.
+/// The supervisor's lines carry neither.
+#[tokio::test]
+async fn every_log_line_names_its_serving_process() {
+    for format in ["text", "json"] {
+        let server = Server::start(
+            "testbed",
+            &["--processes", "2", "--log-format", format, "--access-log"],
+        );
+        let processes = serving_processes(&server);
+        every_process_answers(&server, &processes, "testbed\n").await;
+        for _ in 0..10 {
+            assert_eq!(
+                get(server.addr, "/print?token=named&lines=1").await.status,
+                StatusCode::OK
+            );
+        }
+        server.wait_for_log_count("named", 20).await;
+        let log = server.log();
+        let mut named = [0usize; 2];
+        for line in log.lines() {
+            let (process, pid, supervisor) = match format {
+                "json" => {
+                    let event: serde_json::Value =
+                        serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+                    (
+                        event["process"].as_u64().map(|n| n as usize),
+                        event["pid"].as_u64().map(|n| n as u32),
+                        event["target"] == "wasi_http_server::ops::supervisor"
+                            || event["target"] == "wasi_http_server::ops::shutdown",
+                    )
+                }
+                _ => {
+                    let field = |name: &str| {
+                        line.split_whitespace()
+                            .find_map(|word| word.strip_prefix(name))
+                            .and_then(|value| value.parse().ok())
+                    };
+                    (
+                        field("process="),
+                        field("pid=").map(|pid: usize| pid as u32),
+                        line.contains(" wasi_http_server::ops::"),
+                    )
+                }
+            };
+            match (process, pid) {
+                (Some(process), Some(pid)) => {
+                    assert_eq!(processes.get(process), Some(&pid), "{line}");
+                    named[process] += 1;
+                }
+                _ => assert!(
+                    supervisor,
+                    "a serving process's line without its name: {line}"
+                ),
+            }
+        }
+        assert!(named.iter().all(|&lines| lines > 0), "{named:?}:\n{log}");
+        // Guest output and access lines are among them.
+        for needle in ["named", "GET /"] {
+            assert!(
+                log.lines()
+                    .filter(|line| line.contains(needle))
+                    .all(|line| line.contains("process")),
+                "{log}"
+            );
+        }
+    }
+}
+
+/// A serving process that cannot start again (its component replaced by a
+/// broken file, then the process killed) is retried after 1 s, 2 s, 4 s...
+/// with one line from the supervisor per try saying when the next is, and
+/// the other process keeps serving the component it loaded.
+#[tokio::test]
+async fn a_serving_process_that_keeps_failing_backs_off() {
+    let dir = e2e::temp_dir("processes-backoff");
+    let path = dir.join("hello.wasm");
+    std::fs::copy(component("hello"), &path).unwrap();
+    let server = Server::start_path(&path, &["--processes", "2"], &[]);
+    let processes = serving_processes(&server);
+    std::fs::write(&path, b"not a component").unwrap();
+    kill("KILL", processes[1]);
+    server.wait_for_log("exited (signal: 9 (SIGKILL))").await;
+    // Tried at about 1 s and 3 s; the third try is 4 s after the second.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !server.log().contains("next try in 4s") {
+        assert_hello(&get(server.addr, "/").await);
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    let tries: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("serving process 1 did not start again"))
+        .collect();
+    assert_eq!(tries.len(), 2, "{log}");
+    assert!(tries[0].ends_with("; next try in 2s"), "{log}");
+    assert!(tries[1].ends_with("; next try in 4s"), "{log}");
+    // The failed process's own line says which it was.
+    assert_eq!(
+        log.matches("error: serving process 1 (pid ").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("serving process 0"), "{log}");
+    for _ in 0..10 {
+        assert_hello(&get(server.addr, "/").await);
+    }
+}
+
+/// With `--no-cache` the first serving process compiles the component into
+/// a cache made for this run and the others load it from there; it is gone
+/// once the server stops.
+#[tokio::test]
+async fn no_cache_compiles_once_for_all_processes() {
+    let mut server = Server::start("hello", &["--processes", "3", "--no-cache"]);
+    server.wait_for_log_count(" ready in ", 3).await;
+    let log = server.log();
+    assert_eq!(log.matches(": compiled;").count(), 1, "{log}");
+    assert_eq!(
+        log.matches(": loaded from the compile cache;").count(),
+        2,
+        "{log}"
+    );
+    let processes = serving_processes(&server);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", processes[0])).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let at = args
+        .iter()
+        .position(|&arg| arg == b"--serving-cache-dir")
+        .expect("a cache for this run");
+    let cache = std::path::PathBuf::from(String::from_utf8(args[at + 1].to_vec()).unwrap());
+    assert!(cache.is_dir());
+    server.terminate();
+    assert!(server.wait().success(), "{}", server.log());
+    assert!(!cache.exists(), "{} left behind", cache.display());
 }

@@ -74,7 +74,7 @@ async fn watch_swaps_under_load_without_failures() {
         &wrong[..wrong.len().min(5)]
     );
     server
-        .wait_for_log("new requests go to the new component")
+        .wait_for_log_in_each("new requests go to the new component", 1)
         .await;
     assert_eq!(get(server.addr, "/counter").await.text(), "1\n");
 }
@@ -87,7 +87,7 @@ async fn broken_replacement_keeps_the_old_component() {
     let server = Server::start_path(&path, &["--watch"], &[]);
     replace(&path, b"not a component at all");
     server
-        .wait_for_log("reload failed, still serving the previous component")
+        .wait_for_log_in_each("reload failed, still serving the previous component", 1)
         .await;
     assert_hello(&get(server.addr, "/").await);
 }
@@ -104,7 +104,7 @@ async fn sighup_reloads_on_demand() {
 
     server.hangup();
     server
-        .wait_for_log("new requests go to the new component")
+        .wait_for_log_in_each("new requests go to the new component", 1)
         .await;
     let reply = get(server.addr, "/").await;
     assert_eq!((reply.status, reply.text()), (StatusCode::OK, "testbed\n"));
@@ -123,7 +123,7 @@ async fn reload_with_every_slot_busy_waits_for_one() {
     server.wait_for_log("sleep: start 1000 ms").await;
     server.hangup();
     server
-        .wait_for_log("new requests go to the new component")
+        .wait_for_log_in_each("new requests go to the new component", 1)
         .await;
     let reply = slow.await.unwrap();
     assert_eq!(
@@ -145,7 +145,7 @@ async fn reload_switches_between_wasi_02_and_03() {
     replace(&path, &std::fs::read(component("testbed-p3")).unwrap());
     server.hangup();
     server
-        .wait_for_log("a WASI 0.3 (wasi:http/handler) component: new requests")
+        .wait_for_log_in_each("a WASI 0.3 (wasi:http/handler) component: new requests", 1)
         .await;
     let reply = get(server.addr, "/sleep?ms=1").await;
     assert_eq!(
@@ -156,7 +156,10 @@ async fn reload_switches_between_wasi_02_and_03() {
     replace(&path, &std::fs::read(component("hello")).unwrap());
     server.hangup();
     server
-        .wait_for_log("a WASI 0.2 (wasi:http/incoming-handler) component: new requests")
+        .wait_for_log_in_each(
+            "a WASI 0.2 (wasi:http/incoming-handler) component: new requests",
+            1,
+        )
         .await;
     assert_hello(&get(server.addr, "/").await);
 }

@@ -225,6 +225,14 @@ impl Server {
         }
     }
 
+    /// Waits until `needle` is in the log `times` times for each serving
+    /// process (or the server, when it serves itself): for lines that every
+    /// serving process logs, such as "reloaded".
+    pub async fn wait_for_log_in_each(&self, needle: &str, times: usize) {
+        let processes = self.serving_processes().len().max(1);
+        self.wait_for_log_count(needle, times * processes).await;
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -481,45 +489,143 @@ impl RawClient {
     }
 }
 
+/// The serving processes of the supervisor `supervisor`: its children with
+/// `--serving-process-on`, by pid.
+pub fn serving_processes_of(supervisor: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent's pid is the second field after the command's ")".
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent == Some(supervisor)
+            && cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"--serving-process-on")
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// What the server's processes hold, summed over those that serve: its
+/// serving processes when it supervises some (the default, one per core),
+/// else the server process itself.
 impl Server {
-    /// Open file descriptors of the server process.
-    pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("reading /proc/PID/fd")
-            .count()
+    /// The serving processes, by pid: empty when the server process serves
+    /// itself (`--processes 1`).
+    pub fn serving_processes(&self) -> Vec<u32> {
+        serving_processes_of(self.pid())
     }
 
-    /// Resident set size of the server process, in KiB.
+    /// The processes that serve: the serving processes, or the server.
+    fn serving_pids(&self) -> Vec<u32> {
+        match self.serving_processes() {
+            pids if pids.is_empty() => vec![self.pid()],
+            pids => pids,
+        }
+    }
+
+    /// Open file descriptors of the serving processes.
+    pub fn open_fds(&self) -> usize {
+        self.serving_pids()
+            .iter()
+            .map(|pid| {
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .expect("reading /proc/PID/fd")
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Resident set size of the serving processes, in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.proc_status_kib("VmRSS:")
     }
 
-    /// Starts the count of [`Server::peak_rss_kib`] again from the current
-    /// resident set size.
-    pub fn reset_peak_rss(&self) {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
-            .expect("writing /proc/PID/clear_refs");
+    /// Resident set size of each serving process, in KiB.
+    pub fn each_rss_kib(&self) -> Vec<u64> {
+        self.each_proc_status_kib("VmRSS:")
     }
 
-    /// Threads of the server process.
+    /// The largest resident set size each serving process has had, in KiB.
+    pub fn each_peak_rss_kib(&self) -> Vec<u64> {
+        self.each_proc_status_kib("VmHWM:")
+    }
+
+    /// Starts the count of [`Server::peak_rss_kib`] again from the current
+    /// resident set sizes.
+    pub fn reset_peak_rss(&self) {
+        for pid in self.serving_pids() {
+            std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+                .expect("writing /proc/PID/clear_refs");
+        }
+    }
+
+    /// Threads of the serving processes.
     pub fn threads(&self) -> u64 {
         self.proc_status_kib("Threads:")
     }
 
-    /// The largest resident set size the server process has had, in KiB.
+    /// The largest resident set size each serving process has had, in KiB,
+    /// summed: at least their largest total at any one time.
     pub fn peak_rss_kib(&self) -> u64 {
         self.proc_status_kib("VmHWM:")
     }
 
-    /// A number field of /proc/PID/status (`kB` dropped).
+    /// A number field of /proc/PID/status (`kB` dropped), summed over the
+    /// serving processes.
     fn proc_status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("reading /proc/PID/status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+        self.each_proc_status_kib(field).into_iter().sum()
+    }
+
+    /// A number field of /proc/PID/status (`kB` dropped), for each serving
+    /// process.
+    fn each_proc_status_kib(&self, field: &str) -> Vec<u64> {
+        self.serving_pids()
+            .iter()
+            .map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .expect("reading /proc/PID/status");
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(field))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+            })
+            .collect()
+    }
+}
+
+/// Which serving process wrote a text log line (`process=N` after its
+/// time, or first on a guest's line), if one did.
+pub fn process_of(line: &str) -> Option<usize> {
+    line.split_whitespace()
+        .take(3)
+        .find_map(|word| word.strip_prefix("process="))
+        .and_then(|index| index.parse().ok())
+}
+
+/// A guest's text line without the serving process's name before it:
+/// `[ID STREAM] TEXT`.
+pub fn guest_line(line: &str) -> &str {
+    match line.strip_prefix("process=") {
+        Some(named) => named.find(" [").map_or(line, |at| &named[at + 1..]),
+        None => line,
     }
 }
 

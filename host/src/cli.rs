@@ -34,31 +34,48 @@ pub struct Cli {
 
     /// Worker threads per serving process, each an event loop serving the
     /// connections dealt to it in turn; a connection stays on its worker.
-    /// [default: one per core; 1 with `--processes`]
+    /// [default: 1 with several processes; one per core with `--processes 1`]
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Serving processes. With 1 (the default) this process serves. With
-    /// more, it starts that many single-threaded serving processes, each
-    /// listening on `--addr` (`SO_REUSEPORT`: the kernel spreads connections
-    /// between them), and looks after them: it restarts one that dies,
-    /// passes SIGHUP and SIGTERM on, and its `--admin-addr` sums their
-    /// metrics. On large guests (JS and Python interpreters) this serves
-    /// more: resetting an instance's memory makes the kernel interrupt every
-    /// core the process runs on, and a single-threaded process runs on one. `--max-concurrent-requests` and `--max-connections`
-    /// stay limits of the whole server, split evenly between the processes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_PROCESSES))]
-    pub processes: u16,
+    /// Serving processes. By default one per core: this process starts that
+    /// many single-threaded serving processes, each listening on `--addr`
+    /// (`SO_REUSEPORT`: the kernel spreads connections between them), and
+    /// looks after them: it restarts one that dies (backing off while it
+    /// keeps failing), passes SIGHUP and SIGTERM on, and its `--admin-addr`
+    /// sums their metrics. One process per core serves more: resetting an
+    /// instance's memory makes the kernel interrupt every core the process
+    /// runs on, and a single-threaded process runs on one; a crash takes one
+    /// process, not the server. With `--processes 1` this process serves,
+    /// with a thread per core. `--max-concurrent-requests` and
+    /// `--max-connections` stay limits of the whole server, split evenly
+    /// between the processes (each process has its share, as each nginx
+    /// worker has its `worker_connections`), so the default never starts
+    /// more processes than they can be split between.
+    /// [default: one per core]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_PROCESSES))]
+    pub processes: Option<u16>,
 
     /// Given by a supervisor (`--processes`) to the processes it starts: the
     /// address it holds, which they listen on together (`SO_REUSEPORT`).
     #[arg(long, hide = true, value_name = "ADDR")]
     pub serving_process_on: Option<SocketAddr>,
 
+    /// Given by a supervisor to each serving process: its index, which its
+    /// log lines carry with its pid.
+    #[arg(long, hide = true, requires = "serving_process_on")]
+    pub serving_process_index: Option<usize>,
+
     /// Given by a supervisor to the serving process it starts first: that
     /// one says what the server serves, once for the whole server.
     #[arg(long, hide = true, requires = "serving_process_on")]
     pub first_serving_process: bool,
+
+    /// Given by a supervisor run with `--no-cache`: a compile cache of its
+    /// own, made for this run and removed when it ends, so the component is
+    /// compiled once for all the serving processes.
+    #[arg(long, hide = true, value_name = "DIR", requires = "serving_process_on")]
+    pub serving_cache_dir: Option<PathBuf>,
 
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object per line) for log collectors. Filter with `RUST_LOG`
@@ -285,20 +302,28 @@ fn guest_env(arg: &str) -> Result<(String, String), String> {
 }
 
 impl Cli {
+    /// `--processes`, or its default: one per core, but no more than the
+    /// whole-server limits can be split between (`--max-concurrent-requests
+    /// 1` is one process, as it was before one per core was the default).
+    pub fn processes(&self) -> usize {
+        match self.processes {
+            Some(given) => usize::from(given),
+            None => cores()
+                .min(self.max_concurrent_requests)
+                .min(self.max_connections.unwrap_or(usize::MAX))
+                .clamp(1, MAX_PROCESSES as usize),
+        }
+    }
+
     /// `--threads`, or its default.
     pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| {
-            if self.processes > 1 {
-                1
-            } else {
-                std::thread::available_parallelism().map_or(1, usize::from)
-            }
-        })
+        self.threads
+            .unwrap_or_else(|| if self.processes() > 1 { 1 } else { cores() })
     }
 
     /// One serving process's share of a whole-server limit given as `flag`.
     pub fn per_process(&self, total: usize, flag: &str) -> Result<usize, String> {
-        let processes = usize::from(self.processes);
+        let processes = self.processes();
         match total / processes {
             0 => Err(format!(
                 "{flag} ({total}) is for the whole server and must be at least --processes ({processes})"
@@ -338,6 +363,9 @@ impl Cli {
 
     /// The compile cache directory, unless `--no-cache`.
     pub fn cache_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.serving_cache_dir {
+            return Some(dir.clone());
+        }
         if self.no_cache {
             return None;
         }
@@ -345,4 +373,10 @@ impl Cli {
             .clone()
             .or_else(|| Some(dirs::cache_dir()?.join("wasi-http-server")))
     }
+}
+
+/// The cores this process may run on (its CPU affinity and cgroup quota, as
+/// the standard library reads them).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -13,9 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
-use tracing::Span;
+use tracing::{Event, Span, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Log lines waiting for stderr. When stderr falls this far behind, new
 /// lines are dropped instead of making the server wait: at most
@@ -36,11 +40,20 @@ pub enum LogFormat {
 /// writer. Unset, they go out as log events.
 static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
 
+/// What starts a guest's text line: the serving process's name, if this is
+/// one.
+static TEXT_PREFIX: OnceLock<String> = OnceLock::new();
+
 /// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default
 /// `info`). Lines are written by a thread of their own: a stderr nobody
 /// reads fills its pipe, and a worker that wrote to it directly would stop
 /// serving. The guard flushes what is queued when dropped.
-pub fn init(format: LogFormat) -> WorkerGuard {
+///
+/// A supervisor's serving processes all write to its stderr, so each line
+/// of serving process `process` says which it is, and its pid (which `ps`,
+/// `kill` and the kernel's own messages use): `process=1 pid=4242` after a
+/// text line's time, `"process":1,"pid":4242` first in a JSON object.
+pub fn init(format: LogFormat, process: Option<usize>) -> WorkerGuard {
     let (writer, flush_on_exit) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -51,20 +64,83 @@ pub fn init(format: LogFormat) -> WorkerGuard {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(writer.clone());
-    match format {
-        LogFormat::Text => {
+    let pid = std::process::id();
+    match (format, process) {
+        (LogFormat::Text, None) => {
             let _ = TEXT_SINK.set(writer);
             logs.with_ansi(std::io::stderr().is_terminal()).init();
         }
-        LogFormat::Json => logs.json().init(),
+        (LogFormat::Text, Some(index)) => {
+            let _ = TEXT_SINK.set(writer);
+            let _ = TEXT_PREFIX.set(format!("process={index} pid={pid} "));
+            logs.with_ansi(std::io::stderr().is_terminal())
+                .with_timer(TimeAndProcess(format!(" process={index} pid={pid}")))
+                .init();
+        }
+        (LogFormat::Json, None) => logs.json().init(),
+        (LogFormat::Json, Some(index)) => logs
+            .json()
+            .event_format(JsonWithProcess {
+                json: tracing_subscriber::fmt::format().json(),
+                fields: format!("\"process\":{index},\"pid\":{pid},"),
+            })
+            .init(),
     }
     flush_on_exit
+}
+
+/// A text line's time, followed by the serving process's name.
+struct TimeAndProcess(String);
+
+impl FormatTime for TimeAndProcess {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        SystemTime.format_time(w)?;
+        w.write_str(&self.0)
+    }
+}
+
+/// A JSON line with the serving process's fields first.
+struct JsonWithProcess<F> {
+    json: F,
+    /// `"process":N,"pid":N,`
+    fields: String,
+}
+
+impl<S, N, F> FormatEvent<S, N> for JsonWithProcess<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.json.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                writer.write_char('{')?;
+                writer.write_str(&self.fields)?;
+                writer.write_str(rest)
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// Where guest output goes as text, `[id stream] line`, if the log is text;
 /// `None` means each line is a log event.
 pub fn text_sink() -> Option<&'static NonBlocking> {
     TEXT_SINK.get()
+}
+
+/// What starts a guest's text line: a serving process's name and a space,
+/// or nothing.
+pub fn text_prefix() -> &'static str {
+    TEXT_PREFIX.get().map_or("", String::as_str)
 }
 
 /// Identifies one request in the logs: a per-process random prefix (so ids

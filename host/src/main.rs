@@ -18,12 +18,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let flush_on_exit = wasi_http_server::log::init(cli.log_format);
+    let flush_on_exit = wasi_http_server::log::init(cli.log_format, cli.serving_process_index);
     let result = run(&cli);
     drop(flush_on_exit);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<supervisor::AlreadyReported>() => ExitCode::FAILURE,
+        // A serving process started again by its supervisor: the server
+        // runs on, and the line says which process failed.
+        Err(err) if cli.serving_process_on.is_some() && !cli.first_serving_process => {
+            let index = cli.serving_process_index.unwrap_or_default();
+            let pid = std::process::id();
+            eprintln!("error: serving process {index} (pid {pid}): {err:#}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -39,6 +47,34 @@ fn run(cli: &Cli) -> Result<()> {
     // SAFETY: setting a signal's disposition to "ignore" has no
     // preconditions; tokio's handler replaces it later.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    // This thread accepts connections and watches for signals; the workers
+    // serve them. A supervisor does only the watching.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let role = match (cli.serving_process_on, cli.processes()) {
+        (Some(on), _) => Role::Serving {
+            on,
+            first: cli.first_serving_process,
+        },
+        (None, 1) => Role::Single,
+        (None, processes) => {
+            // The settings and the component are the first serving
+            // process's to check and load: it fails before listening on a
+            // bad one, with the usual one `error:` line, and fills the
+            // compile cache for the others. This process serves nothing,
+            // and checking them here too would only delay the first
+            // answer by that much (a cold start).
+            return runtime.block_on(supervisor::run(supervisor::Plan {
+                addr: cli.addr,
+                processes,
+                admin_addr: cli.admin_addr,
+                shutdown_timeout: cli.shutdown_timeout,
+                private_cache: cli.no_cache,
+            }));
+        }
+    };
     // Redis connections are driven by a runtime of their own: the workers'
     // runtimes serve requests and the main one accepts, and neither runs
     // while the other drains at shutdown.
@@ -48,33 +84,6 @@ fn run(cli: &Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the key-value runtime")?;
-    // Built in every role, so that bad settings fail before any process
-    // starts.
     let settings = Settings::from_cli(cli, &store_io)?;
-    // This thread accepts connections and watches for signals; the workers
-    // serve them. A supervisor does only the watching.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let role = match (cli.serving_process_on, cli.processes) {
-        (Some(on), _) => Role::Serving {
-            on,
-            first: cli.first_serving_process,
-        },
-        (None, 1) => Role::Single,
-        (None, processes) => {
-            // The component is the first serving process's to load (it
-            // fails before listening if broken, and fills the compile cache
-            // for the others). This process serves nothing.
-            drop((settings, store_io));
-            return runtime.block_on(supervisor::run(
-                cli.addr,
-                processes,
-                cli.admin_addr,
-                cli.shutdown_timeout,
-            ));
-        }
-    };
     server::run(settings, role, &runtime)
 }

@@ -125,7 +125,12 @@ impl Output {
         let line = escape(&pending);
         match log::text_sink() {
             Some(sink) => {
-                let text = format!("[{} {}] {line}\n", self.id, stream.name());
+                let text = format!(
+                    "{}[{} {}] {line}\n",
+                    log::text_prefix(),
+                    self.id,
+                    stream.name()
+                );
                 // The writer never blocks: when the log thread is behind it
                 // drops the line.
                 let _ = sink.clone().write_all(text.as_bytes());

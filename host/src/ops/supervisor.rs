@@ -53,23 +53,49 @@ use super::link::{self, Link};
 use super::{admin, shutdown};
 
 /// Wait before starting a serving process again after one died, so a
-/// process that dies at once (its component file now broken) is retried
-/// once a second instead of in a busy loop.
+/// process that dies at once is not restarted in a busy loop.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// While a serving process keeps failing (its component file replaced by a
+/// broken one, the machine out of memory), each wait before the next try is
+/// twice the last, up to this: a broken file costs a start and a log line a
+/// minute, not a second, and a fixed one is picked up within a minute.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// A serving process that served this long before it died was not failing:
+/// the next restart waits [`RESTART_DELAY`] again. Past the longest
+/// back-off, so that a process dying after every restart keeps backing off.
+const RECOVERED_AFTER: Duration = Duration::from_secs(90);
 
 /// Beyond `--shutdown-timeout`, how long a serving process may take to exit
 /// after SIGTERM before it is killed: its drain is bounded by the timeout,
 /// so this only covers dropping its instances and flushing its log.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs `processes` serving processes on `addr` until SIGINT or SIGTERM,
-/// with the admin endpoint on `admin_addr` summing theirs.
-pub async fn run(
-    addr: SocketAddr,
-    processes: u16,
-    admin_addr: Option<SocketAddr>,
-    shutdown_timeout: Duration,
-) -> Result<()> {
+/// What a supervisor runs, from the command line.
+pub struct Plan {
+    /// `--addr`.
+    pub addr: SocketAddr,
+    /// `--processes`, or its default.
+    pub processes: usize,
+    /// `--admin-addr`: it sums the serving processes' metrics.
+    pub admin_addr: Option<SocketAddr>,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Duration,
+    /// `--no-cache`: the serving processes share a compile cache made for
+    /// this run, so the first compiles and the others load its result.
+    pub private_cache: bool,
+}
+
+/// Runs the serving processes of `plan` until SIGINT or SIGTERM.
+pub async fn run(plan: Plan) -> Result<()> {
+    let Plan {
+        addr,
+        processes,
+        admin_addr,
+        shutdown_timeout,
+        private_cache,
+    } = plan;
     let port = http::reserve(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let mut shutdown = Box::pin(shutdown::signal().context("installing signal handlers")?);
     let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -80,7 +106,7 @@ pub async fn run(
     // Nothing is served yet, so the processes starting are simply killed
     // (dropping them does).
     let processes = tokio::select! {
-        started = start(port, usize::from(processes), shutdown_timeout) => started?,
+        started = start(port, processes, shutdown_timeout, private_cache) => started?,
         () = &mut shutdown => {
             info!("stopped before the serving processes were ready");
             return Ok(());
@@ -120,16 +146,34 @@ impl std::error::Error for AlreadyReported {}
 /// Starts `count` serving processes on the address `port` holds and waits
 /// until each is ready: the first alone, then the others together. If one
 /// cannot start, stops the others and fails.
-async fn start(port: TcpSocket, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
+async fn start(
+    port: TcpSocket,
+    count: usize,
+    shutdown_timeout: Duration,
+    private_cache: bool,
+) -> Result<Processes> {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.extend([
         "--serving-process-on".into(),
         port.local_addr()?.to_string().into(),
     ]);
+    // Made by this process, so its owner and mode pass the cache's checks.
+    let cache = private_cache
+        .then(|| {
+            tempfile::Builder::new()
+                .prefix("wasi-http-server-cache-")
+                .tempdir()
+                .context("making a compile cache for this run (--no-cache)")
+        })
+        .transpose()?;
+    if let Some(cache) = &cache {
+        args.extend(["--serving-cache-dir".into(), cache.path().into()]);
+    }
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().context("finding this program's file")?,
         args,
         _port: port,
+        _cache: cache,
     });
     let (stop, _) = watch::channel(false);
     let (hangups, _) = watch::channel(0);
@@ -242,14 +286,19 @@ struct Launcher {
     /// Held so that the port stays this server's while a serving process
     /// restarts.
     _port: TcpSocket,
+    /// With `--no-cache`, the compile cache of this run, removed with it.
+    _cache: Option<tempfile::TempDir>,
 }
 
 impl Launcher {
-    /// Starts a serving process and waits for its "Server running" line.
-    /// The `first` one says what the server serves.
-    async fn launch(&self, first: bool) -> Result<(Child, Link), NotReady> {
+    /// Starts serving process `index` and waits for its "Server running"
+    /// line. The `first` one says what the server serves.
+    async fn launch(&self, index: usize, first: bool) -> Result<(Child, Link), NotReady> {
         let mut command = Command::new(&self.exe);
-        command.args(&self.args);
+        command
+            .args(&self.args)
+            .arg("--serving-process-index")
+            .arg(index.to_string());
         if first {
             command.arg("--first-serving-process");
         }
@@ -291,6 +340,19 @@ struct Keeper {
     shutdown_timeout: Duration,
 }
 
+/// How long to wait before the next start of a serving process: doubled
+/// after each failure in a row, up to [`MAX_RESTART_DELAY`].
+struct Backoff(Duration);
+
+impl Backoff {
+    /// The wait before the next try; the one after it is twice as long.
+    fn next(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (delay * 2).min(MAX_RESTART_DELAY);
+        delay
+    }
+}
+
 impl Keeper {
     /// `ready` hears whether the first start worked; after a failed first
     /// start there is no retry, as the server is not running yet. Process 0's
@@ -298,9 +360,10 @@ impl Keeper {
     async fn run(mut self, ready: oneshot::Sender<Result<(), NotReady>>) {
         let index = self.index;
         let mut ready = Some(ready);
+        let mut backoff = Backoff(RESTART_DELAY);
         loop {
             let launched = tokio::select! {
-                launched = self.launcher.launch(index == 0 && ready.is_some()) => launched,
+                launched = self.launcher.launch(index, index == 0 && ready.is_some()) => launched,
                 _ = self.stop.changed() => return,
             };
             let mut child = match launched {
@@ -314,13 +377,18 @@ impl Keeper {
                         let _ = ready.send(Err(why));
                         return;
                     }
-                    error!("serving process {index} did not start again: {why}");
-                    if self.after_delay().await.is_err() {
+                    let delay = backoff.next();
+                    error!(
+                        "serving process {index} did not start again: {why}; next try in {}",
+                        humantime::format_duration(delay)
+                    );
+                    if self.after(delay).await.is_err() {
                         return;
                     }
                     continue;
                 }
             };
+            let started = tokio::time::Instant::now();
             match ready.take() {
                 Some(ready) => {
                     let _ = ready.send(Ok(()));
@@ -341,10 +409,13 @@ impl Keeper {
             };
             self.links[index].lock().await.take();
             self.up.fetch_sub(1, Ordering::Relaxed);
+            if started.elapsed() >= RECOVERED_AFTER {
+                backoff = Backoff(RESTART_DELAY);
+            }
             // A Ctrl-C in a terminal reaches every process of the group at
             // once: a serving process may exit before this one is told to
             // stop. That is not a death to report.
-            if self.after_delay().await.is_err() {
+            if self.after(backoff.next()).await.is_err() {
                 return;
             }
             match exited {
@@ -354,10 +425,10 @@ impl Keeper {
         }
     }
 
-    /// Waits [`RESTART_DELAY`], or fails if told to stop meanwhile.
-    async fn after_delay(&mut self) -> Result<(), ()> {
+    /// Waits `delay`, or fails if told to stop meanwhile.
+    async fn after(&mut self, delay: Duration) -> Result<(), ()> {
         tokio::select! {
-            () = tokio::time::sleep(RESTART_DELAY) => Ok(()),
+            () = tokio::time::sleep(delay) => Ok(()),
             _ = self.stop.changed() => Err(()),
         }
     }
