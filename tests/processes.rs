@@ -565,3 +565,35 @@ async fn no_cache_compiles_once_for_all_processes() {
     assert!(server.wait().success(), "{}", server.log());
     assert!(!cache.exists(), "{} left behind", cache.display());
 }
+
+/// A second server started on the address the first serves is refused, as
+/// a second program binding a busy port is: the serving processes listen
+/// with `SO_REUSEPORT`, which would otherwise let it join them and take
+/// part of their connections.
+#[test]
+fn a_second_server_on_the_same_address_is_refused() {
+    let first = Server::start("hello", &[]);
+    assert!(!first.serving_processes().is_empty() || cores() == 1);
+    let hello = component("hello");
+    for processes in ["2", "1"] {
+        let second = run_to_exit(&[
+            hello.to_str().unwrap(),
+            "--processes",
+            processes,
+            "--addr",
+            &first.addr.to_string(),
+        ]);
+        assert!(
+            !second.status.success(),
+            "--processes {processes}: it served"
+        );
+        assert!(
+            second
+                .stderr
+                .contains(&format!("error: cannot listen on {}", first.addr))
+                && second.stderr.contains("in use"),
+            "{}",
+            second.stderr
+        );
+    }
+}

@@ -7,6 +7,8 @@
 //! and turned into a component by `tools/componentize`, so that it imports
 //! only `wasi:http/types` from the service world.
 
+mod arena;
+
 use wasip3::http::types::{ErrorCode, Fields, Request, Response};
 use wasip3::{wit_bindgen, wit_future, wit_stream};
 
@@ -16,6 +18,9 @@ const BODY: &[u8] = b"Hello World\n";
 /// `BODY.len()` in decimal, checked at compile time.
 const CONTENT_LENGTH: &[u8] = b"12";
 const _: () = assert!(BODY.len() == 12);
+
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
 
 struct Hello;
 

@@ -25,8 +25,14 @@ pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
 /// listening sockets are given connections, so this one never is; it keeps
 /// the port while a serving process restarts, and the kernel lets only
 /// processes of the same user join it.
+///
+/// Any socket with `SO_REUSEPORT` of that user may join, another server of
+/// ours started on the same address too, which would then take half of the
+/// connections unnoticed. So the address is first bound without it: that
+/// fails while anyone listens there, as a single process's bind does.
 pub fn reserve(addr: SocketAddr) -> std::io::Result<TcpSocket> {
-    socket(addr, true)
+    let free = socket(addr, false)?.local_addr()?;
+    socket(free, true)
 }
 
 fn socket(addr: SocketAddr, shared: bool) -> std::io::Result<TcpSocket> {
