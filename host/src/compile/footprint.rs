@@ -5,7 +5,7 @@
 //! interpreter each get the reset strategy that is cheapest for them.
 
 use wasmtime::Result;
-use wasmtime::wasmparser::{Instance, Parser, Payload};
+use wasmtime::wasmparser::{CanonicalFunction, CanonicalOption, Instance, Parser, Payload};
 
 /// Sizes counted over every core module and nested component in the file.
 /// A module instantiated twice would need twice its memories; the counts
@@ -27,6 +27,11 @@ pub struct Footprint {
     pub largest_memory: u64,
     /// Elements of the largest table at instantiation.
     pub largest_table: u64,
+    /// Whether the component uses the component model's async ABI (WASI 0.3
+    /// guests do), which only the engine with it enabled compiles: an
+    /// `async` lift or lower, or a built-in beyond resources (`task.return`,
+    /// streams, futures, waitables...).
+    pub async_abi: bool,
 }
 
 impl Footprint {
@@ -53,6 +58,11 @@ impl Footprint {
                             .max(memory.initial.saturating_mul(page));
                     }
                 }
+                Payload::ComponentCanonicalSection(functions) => {
+                    for function in functions {
+                        footprint.async_abi |= uses_async_abi(&function?);
+                    }
+                }
                 Payload::TableSection(tables) => {
                     for table in tables {
                         let table = table?;
@@ -64,6 +74,25 @@ impl Footprint {
             }
         }
         Ok(footprint)
+    }
+}
+
+/// Whether `function` needs the async ABI: the built-ins WASI 0.2 guests
+/// use are lifts, lowers and resource handles without async options.
+fn uses_async_abi(function: &CanonicalFunction) -> bool {
+    match function {
+        CanonicalFunction::Lift { options, .. } | CanonicalFunction::Lower { options, .. } => {
+            options.iter().any(|option| {
+                matches!(
+                    option,
+                    CanonicalOption::Async | CanonicalOption::Callback(_)
+                )
+            })
+        }
+        CanonicalFunction::ResourceNew { .. }
+        | CanonicalFunction::ResourceDrop { .. }
+        | CanonicalFunction::ResourceRep { .. } => false,
+        _ => true,
     }
 }
 
@@ -99,7 +128,31 @@ mod tests {
                 tables: 3,
                 largest_memory: 3 << 16,
                 largest_table: 10,
+                async_abi: false,
             }
         );
+    }
+
+    /// An `async` lift is the async ABI; a plain lift and resource handles
+    /// are not.
+    #[test]
+    fn tells_the_async_abi() {
+        let component = |lift: &str| {
+            wat::parse_str(format!(
+                r#"(component
+                    (core module $m
+                        (memory (export "mem") 1)
+                        (func (export "f") (result i32) unreachable))
+                    (core instance $i (instantiate $m))
+                    (type $r (resource (rep i32)))
+                    (core func (canon resource.drop $r))
+                    (func (export "f") (result u32)
+                        (canon lift (core func $i "f") {lift}))
+                )"#
+            ))
+            .unwrap()
+        };
+        assert!(!Footprint::of(&component("")).unwrap().async_abi);
+        assert!(Footprint::of(&component("async")).unwrap().async_abi);
     }
 }

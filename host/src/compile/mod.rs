@@ -60,16 +60,22 @@ pub fn compile(engines: &Engines, path: &Path, cache_dir: Option<&Path>) -> Resu
     let started = Instant::now();
     let cache_dir = cache_dir.map(cache::CacheDir::open).transpose()?;
     let cache_dir = cache_dir.as_ref();
-    let ((component, origin), abi) =
-        match cache::load_or_compile(&engines.get(Abi::Sync, shape)?, &bytes, cache_dir) {
-            Ok(compiled) => (compiled, Abi::Sync),
-            Err(_) => {
-                let compiled =
-                    cache::load_or_compile(&engines.get(Abi::Async, shape)?, &bytes, cache_dir)
-                        .with_context(|| format!("{} is not a valid component", path.display()))?;
-                (compiled, Abi::Async)
-            }
-        };
+    // A component that uses the async ABI goes straight to its engine: the
+    // other one would only fail to compile it, after being built for it
+    // (a pool and a thread), at every start (BENCHMARKS.md step 23).
+    let sync = match footprint.async_abi {
+        true => None,
+        false => cache::load_or_compile(&engines.get(Abi::Sync, shape)?, &bytes, cache_dir).ok(),
+    };
+    let ((component, origin), abi) = match sync {
+        Some(compiled) => (compiled, Abi::Sync),
+        None => {
+            let compiled =
+                cache::load_or_compile(&engines.get(Abi::Async, shape)?, &bytes, cache_dir)
+                    .with_context(|| format!("{} is not a valid component", path.display()))?;
+            (compiled, Abi::Async)
+        }
+    };
     info!(
         "{} ready in {:.2?}: {}; its instances each keep {} of linear memory resident{} ({} core instances, initial memory {})",
         path.display(),

@@ -161,6 +161,7 @@ mod tests {
             tables: 2,
             largest_memory,
             largest_table: 8,
+            async_abi: false,
         }
     }
 
