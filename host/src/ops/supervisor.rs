@@ -7,14 +7,15 @@
 //! A process with one serving thread runs on one core, so nothing is
 //! interrupted (BENCHMARKS.md).
 //!
-//! The supervisor checks the command line, binds the address (without
-//! listening: `server::reserve`), and starts its own binary again with the
-//! same command line plus `--serving-process-on ADDR`: first one serving
-//! process, which loads the component (a broken one fails it before it
-//! listens, with the usual one `error:` line, and the supervisor exits with
-//! it) and fills the compile cache; then, once that one serves, the others,
-//! which find the component compiled. The supervisor never loads the
-//! component itself: it would only add its load to the startup time and its
+//! The supervisor parses the command line, binds the address (without
+//! listening: `http::reserve`), and starts its own binary again with the
+//! same command line plus `--serving-process-on ADDR` and the process's
+//! index: first one serving process, which checks the settings and loads the
+//! component (a bad one fails it before it listens, with the usual one
+//! `error:` line, and the supervisor exits with it) and fills the compile
+//! cache; then, once that one serves, the others, which find the component
+//! compiled. The supervisor never loads the component or builds the
+//! settings itself: it would only add that to the startup time and its
 //! memory to the server's. The serving processes each listen on that address
 //! with `SO_REUSEPORT`, and the kernel spreads connections between them.
 //! Each one's stderr is the supervisor's, so their log lines go where the
