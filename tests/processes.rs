@@ -321,6 +321,33 @@ fn a_broken_component_fails_before_any_process_starts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A busy `--admin-addr` fails the supervisor before it starts any serving
+/// process (the first is forked early, for a fast start): the one `error:`
+/// line, and no line of a serving process.
+#[test]
+fn a_busy_admin_address_fails_before_any_process_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let hello = component("hello");
+    let failed = run_to_exit(&[
+        hello.to_str().unwrap(),
+        "--processes",
+        "2",
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        &admin,
+    ]);
+    assert!(!failed.status.success());
+    assert!(failed.stdout.is_empty(), "{}", failed.stdout);
+    assert_eq!(
+        failed.stderr.trim_end(),
+        format!(
+            "error: cannot listen on {admin} (--admin-addr): Address already in use (os error 98)"
+        ),
+    );
+}
+
 /// Whole-server limits are split between the processes; one too small to
 /// split is refused at startup, naming the flag.
 #[test]
@@ -552,14 +579,19 @@ async fn no_cache_compiles_once_for_all_processes() {
         2,
         "{log}"
     );
-    let processes = serving_processes(&server);
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", processes[0])).unwrap();
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let at = args
-        .iter()
-        .position(|&arg| arg == b"--serving-cache-dir")
+    // The first serving process is forked with the supervisor's command
+    // line; the others are given the cache's path on theirs.
+    let cache = serving_processes(&server)
+        .into_iter()
+        .find_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let at = args.iter().position(|&arg| arg == b"--serving-cache-dir")?;
+            Some(std::path::PathBuf::from(
+                String::from_utf8(args[at + 1].to_vec()).unwrap(),
+            ))
+        })
         .expect("a cache for this run");
-    let cache = std::path::PathBuf::from(String::from_utf8(args[at + 1].to_vec()).unwrap());
     assert!(cache.is_dir());
     server.terminate();
     assert!(server.wait().success(), "{}", server.log());

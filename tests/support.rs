@@ -489,8 +489,8 @@ impl RawClient {
     }
 }
 
-/// The serving processes of the supervisor `supervisor`: its children with
-/// `--serving-process-on`, by pid.
+/// The serving processes of the supervisor `supervisor`: its children (the
+/// first forked, the others started with `--serving-process-on`), by pid.
 pub fn serving_processes_of(supervisor: u32) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -509,12 +509,7 @@ pub fn serving_processes_of(supervisor: u32) -> Vec<u32> {
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|ppid| ppid.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(supervisor)
-            && cmdline
-                .split(|&b| b == 0)
-                .any(|arg| arg == b"--serving-process-on")
-        {
+        if parent == Some(supervisor) {
             pids.push(pid);
         }
     }

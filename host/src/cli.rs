@@ -66,9 +66,9 @@ pub struct Cli {
     #[arg(long, hide = true, requires = "serving_process_on")]
     pub serving_process_index: Option<usize>,
 
-    /// Given by a supervisor to the serving process it starts first: that
-    /// one says what the server serves, once for the whole server.
-    #[arg(long, hide = true, requires = "serving_process_on")]
+    /// Set in the serving process a supervisor forks first (not a flag):
+    /// that one says what the server serves, once for the whole server.
+    #[arg(skip)]
     pub first_serving_process: bool,
 
     /// Given by a supervisor run with `--no-cache`: a compile cache of its

@@ -17,9 +17,25 @@ use wasi_http_server::server::{self, Role, Settings};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // SIGHUP reloads, once the component has loaded and its handler is in
+    // place; until then (a large component compiles for seconds) it must
+    // not end the process, as its default action would. Serving processes
+    // inherit this across fork and exec, for the same stretch of theirs.
+    // SAFETY: setting a signal's disposition to "ignore" has no
+    // preconditions; tokio's handler replaces it later.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    // A supervisor forks its first serving process before logging or the
+    // runtime start a thread; in that child `cli` becomes its.
+    let begun = match (cli.serving_process_on, cli.processes()) {
+        (None, processes) if processes > 1 => {
+            // SAFETY: no thread has started yet.
+            unsafe { supervisor::begin(&mut cli) }
+        }
+        _ => Ok(None),
+    };
     let flush_on_exit = wasi_http_server::log::init(cli.log_format, cli.serving_process_index);
-    let result = run(&cli);
+    let result = begun.and_then(|begun| run(&cli, begun));
     drop(flush_on_exit);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,27 +55,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<()> {
-    // SIGHUP reloads, once the component has loaded and its handler is in
-    // place; until then (a large component compiles for seconds) it must
-    // not end the process, as its default action would. Serving processes
-    // inherit this across exec, for the same stretch of theirs.
-    // SAFETY: setting a signal's disposition to "ignore" has no
-    // preconditions; tokio's handler replaces it later.
-    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+fn run(cli: &Cli, begun: Option<supervisor::Begun>) -> Result<()> {
     // This thread accepts connections and watches for signals; the workers
     // serve them. A supervisor does only the watching.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let role = match (cli.serving_process_on, cli.processes()) {
-        (Some(on), _) => Role::Serving {
-            on,
-            first: cli.first_serving_process,
-        },
-        (None, 1) => Role::Single,
-        (None, processes) => {
+    let role = match (begun, cli.serving_process_on) {
+        (Some(begun), _) => {
             // The settings and the component are the first serving
             // process's to check and load: it fails before listening on a
             // bad one, with the usual one `error:` line, and fills the
@@ -67,13 +71,16 @@ fn run(cli: &Cli) -> Result<()> {
             // and checking them here too would only delay the first
             // answer by that much (a cold start).
             return runtime.block_on(supervisor::run(supervisor::Plan {
-                addr: cli.addr,
-                processes,
-                admin_addr: cli.admin_addr,
+                begun,
+                processes: cli.processes(),
                 shutdown_timeout: cli.shutdown_timeout,
-                private_cache: cli.no_cache,
             }));
         }
+        (None, Some(on)) => Role::Serving {
+            on,
+            first: cli.first_serving_process,
+        },
+        (None, None) => Role::Single,
     };
     // Redis connections are driven by a runtime of their own: the workers'
     // runtimes serve requests and the main one accepts, and neither runs

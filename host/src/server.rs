@@ -96,7 +96,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         // A serving process's metrics reach the admin endpoint through its
         // supervisor.
         let admin = match role {
-            Role::Single => admin::bind(admin_addr).await?,
+            Role::Single => admin::bind(admin_addr)?,
             Role::Serving { .. } => None,
         };
         anyhow::Ok((listener, shutdown, reloader, admin))

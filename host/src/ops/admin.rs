@@ -59,18 +59,20 @@ pub struct Reports {
 /// Whether anything serves (see [`Reports::serving`]).
 pub type Serving = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Binds `--admin-addr`, if given.
-pub async fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+/// Binds `--admin-addr`, if given. Without an async runtime: a supervisor
+/// binds it before it forks its first serving process, so a busy address
+/// fails the server before anything starts.
+pub fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<std::net::TcpListener>> {
     let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
     Ok(Some(listener))
 }
 
 /// Says where the admin endpoint is (the line after "Server running" on
 /// stdout), then serves it as [`spawn`] does.
-pub fn announce_and_spawn(listener: TcpListener, reports: Reports) -> anyhow::Result<()> {
+pub fn announce_and_spawn(listener: std::net::TcpListener, reports: Reports) -> anyhow::Result<()> {
     println!("Admin endpoint at http://{}/", listener.local_addr()?);
     spawn(listener, reports).context("starting the admin endpoint")
 }
@@ -79,8 +81,7 @@ pub fn announce_and_spawn(listener: TcpListener, reports: Reports) -> anyhow::Re
 /// own event loop, until the process exits. It is bound after the component
 /// compiled and instantiated, so `/healthz` answering means the server is
 /// ready.
-pub fn spawn(listener: TcpListener, reports: Reports) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
+pub fn spawn(listener: std::net::TcpListener, reports: Reports) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -9,8 +9,7 @@ use std::io::{BufRead, Write};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufReader, Lines};
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 use tokio::sync::{Mutex, oneshot};
 use tracing::warn;
 
@@ -52,10 +51,17 @@ pub fn answer_supervisor() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     }
 }
 
+/// The supervisor's end of a serving process's stdin: a spawned process's
+/// or the forked first one's pipe.
+pub type Stdin = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The supervisor's end of a serving process's stdout.
+pub type Stdout = Box<dyn AsyncRead + Send + Unpin>;
+
 /// The supervisor's end of a serving process's stdin and stdout.
 pub struct Link {
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
+    stdin: Stdin,
+    stdout: Lines<BufReader<Stdout>>,
     /// The number of the last request, so that the rest of a reply that
     /// came too late is skipped.
     asked: u64,
@@ -63,7 +69,7 @@ pub struct Link {
 
 impl Link {
     /// Wraps a serving process's stdin and stdout.
-    pub fn new(stdin: ChildStdin, stdout: Lines<BufReader<ChildStdout>>) -> Self {
+    pub fn new(stdin: Stdin, stdout: Lines<BufReader<Stdout>>) -> Self {
         Self {
             stdin,
             stdout,

@@ -2,6 +2,7 @@
 //! `--processes` with its link to each serving process.
 
 pub mod admin;
+mod fork;
 pub mod link;
 mod metrics_sum;
 pub mod reload;

@@ -8,13 +8,15 @@
 //! interrupted (BENCHMARKS.md).
 //!
 //! The supervisor parses the command line, binds the address (without
-//! listening: `http::reserve`), and starts its own binary again with the
-//! same command line plus `--serving-process-on ADDR` and the process's
-//! index: first one serving process, which checks the settings and loads the
-//! component (a bad one fails it before it listens, with the usual one
-//! `error:` line, and the supervisor exits with it) and fills the compile
-//! cache; then, once that one serves, the others, which find the component
-//! compiled. The supervisor never loads the component or builds the
+//! listening: `http::reserve`), and forks the first serving process before
+//! it starts a thread ([`begin`]; see `fork.rs` for why). That one checks
+//! the settings and loads the component (a bad one fails it before it
+//! listens, with the usual one `error:` line, and the supervisor exits with
+//! it) and fills the compile cache. Once it serves, the supervisor starts
+//! its own binary again for the others, with the same command line plus
+//! `--serving-process-on ADDR` and the process's index; they find the
+//! component compiled. Any serving process that dies is started again that
+//! way. The supervisor never loads the component or builds the
 //! settings itself: it would only add that to the startup time and its
 //! memory to the server's. The serving processes each listen on that address
 //! with `SO_REUSEPORT`, and the kernel spreads connections between them.
@@ -29,10 +31,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
-
 use std::path::PathBuf;
-
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,14 +41,16 @@ use anyhow::{Context, Result, anyhow};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal as signal_stream};
 use tokio::sync::{Mutex, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::cli::Cli;
 use crate::http::{self, SERVER_RUNNING};
 
+use super::fork::{self, Forked, ForkedChild, Side};
 use super::link::{self, Link};
 use super::{admin, shutdown};
 
@@ -73,41 +74,88 @@ const RECOVERED_AFTER: Duration = Duration::from_secs(90);
 /// so this only covers dropping its instances and flushing its log.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// What a supervisor runs, from the command line.
-pub struct Plan {
-    /// `--addr`.
-    pub addr: SocketAddr,
-    /// `--processes`, or its default.
-    pub processes: usize,
-    /// `--admin-addr`: it sums the serving processes' metrics.
-    pub admin_addr: Option<SocketAddr>,
-    /// `--shutdown-timeout`.
-    pub shutdown_timeout: Duration,
+/// What a supervisor holds once it has forked its first serving process.
+pub struct Begun {
+    /// The address, reserved (see `http::reserve`).
+    port: TcpSocket,
+    /// `--admin-addr`, bound.
+    admin: Option<std::net::TcpListener>,
     /// `--no-cache`: the serving processes share a compile cache made for
     /// this run, so the first compiles and the others load its result.
-    pub private_cache: bool,
+    cache: Option<tempfile::TempDir>,
+    /// The first serving process.
+    first: Forked,
+}
+
+/// Reserves `cli.addr`, binds `--admin-addr`, makes the private compile
+/// cache of `--no-cache`, and forks the first serving process: what can
+/// fail for the supervisor fails before anything starts. Returns `None` in that process, whose
+/// `cli` is now serving process 0's, as if the supervisor had started it
+/// with `--serving-process-on`.
+///
+/// # Safety
+/// The process must have one thread (see `fork.rs`): call it before
+/// logging and the async runtime start.
+pub unsafe fn begin(cli: &mut Cli) -> Result<Option<Begun>> {
+    let port = http::reserve(cli.addr).with_context(|| format!("cannot listen on {}", cli.addr))?;
+    let admin = admin::bind(cli.admin_addr)?;
+    // Made by this process, so its owner and mode pass the cache's checks.
+    let cache = cli
+        .no_cache
+        .then(|| {
+            tempfile::Builder::new()
+                .prefix("wasi-http-server-cache-")
+                .tempdir()
+                .context("making a compile cache for this run (--no-cache)")
+        })
+        .transpose()?;
+    let on = port.local_addr()?;
+    // SAFETY: one thread, as the caller promises.
+    match unsafe { fork::fork_first() }.context("starting the first serving process")? {
+        Side::Supervisor(first) => Ok(Some(Begun {
+            port,
+            admin,
+            cache,
+            first,
+        })),
+        Side::ServingProcess => {
+            cli.serving_process_on = Some(on);
+            cli.serving_process_index = Some(0);
+            cli.first_serving_process = true;
+            // The supervisor removes it; this process only uses it.
+            cli.serving_cache_dir = cache.map(tempfile::TempDir::keep);
+            Ok(None)
+        }
+    }
+}
+
+/// What a supervisor runs, from the command line.
+pub struct Plan {
+    /// From [`begin`].
+    pub begun: Begun,
+    /// `--processes`, or its default.
+    pub processes: usize,
+    /// `--shutdown-timeout`.
+    pub shutdown_timeout: Duration,
 }
 
 /// Runs the serving processes of `plan` until SIGINT or SIGTERM.
 pub async fn run(plan: Plan) -> Result<()> {
     let Plan {
-        addr,
+        mut begun,
         processes,
-        admin_addr,
         shutdown_timeout,
-        private_cache,
     } = plan;
-    let port = http::reserve(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let mut shutdown = Box::pin(shutdown::signal().context("installing signal handlers")?);
     let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let admin = admin::bind(admin_addr).await?;
-    let addr = port.local_addr()?;
+    let admin = begun.admin.take();
+    let addr = begun.port.local_addr()?;
     // A large component can take the first serving process seconds to
     // compile; SIGTERM meanwhile stops the server then, not once it serves.
     // Nothing is served yet, so the processes starting are simply killed
     // (dropping them does).
     let processes = tokio::select! {
-        started = start(port, processes, shutdown_timeout, private_cache) => started?,
+        started = start(begun, processes, shutdown_timeout) => started?,
         () = &mut shutdown => {
             info!("stopped before the serving processes were ready");
             return Ok(());
@@ -144,35 +192,25 @@ impl fmt::Display for AlreadyReported {
 
 impl std::error::Error for AlreadyReported {}
 
-/// Starts `count` serving processes on the address `port` holds and waits
-/// until each is ready: the first alone, then the others together. If one
-/// cannot start, stops the others and fails.
-async fn start(
-    port: TcpSocket,
-    count: usize,
-    shutdown_timeout: Duration,
-    private_cache: bool,
-) -> Result<Processes> {
+/// Starts `count` serving processes on the address `begun` holds and waits
+/// until each is ready: the first (forked already) alone, then the others
+/// together. If one cannot start, stops the others and fails.
+async fn start(begun: Begun, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
+    let Begun {
+        port, cache, first, ..
+    } = begun;
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     args.extend([
         "--serving-process-on".into(),
         port.local_addr()?.to_string().into(),
     ]);
-    // Made by this process, so its owner and mode pass the cache's checks.
-    let cache = private_cache
-        .then(|| {
-            tempfile::Builder::new()
-                .prefix("wasi-http-server-cache-")
-                .tempdir()
-                .context("making a compile cache for this run (--no-cache)")
-        })
-        .transpose()?;
     if let Some(cache) = &cache {
         args.extend(["--serving-cache-dir".into(), cache.path().into()]);
     }
     let launcher = Arc::new(Launcher {
         exe: std::env::current_exe().context("finding this program's file")?,
         args,
+        forked: std::sync::Mutex::new(Some(first)),
         _port: port,
         _cache: cache,
     });
@@ -284,6 +322,9 @@ impl Processes {
 struct Launcher {
     exe: PathBuf,
     args: Vec<OsString>,
+    /// The first serving process, forked by [`begin`], until its first
+    /// launch takes it.
+    forked: std::sync::Mutex<Option<Forked>>,
     /// Held so that the port stays this server's while a serving process
     /// restarts.
     _port: TcpSocket,
@@ -293,30 +334,26 @@ struct Launcher {
 
 impl Launcher {
     /// Starts serving process `index` and waits for its "Server running"
-    /// line. The `first` one says what the server serves.
+    /// line. The `first` one, which says what the server serves, is the
+    /// forked one.
     async fn launch(&self, index: usize, first: bool) -> Result<(Child, Link), NotReady> {
-        let mut command = Command::new(&self.exe);
-        command
-            .args(&self.args)
-            .arg("--serving-process-index")
-            .arg(index.to_string());
-        if first {
-            command.arg("--first-serving-process");
-        }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|err| NotReady::Failed(format!("cannot run {}: {err}", self.exe.display())))?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let forked = first.then(|| self.forked.lock().ok()?.take()).flatten();
+        let (mut child, stdin, stdout): (_, link::Stdin, link::Stdout) = match forked {
+            Some(forked) => {
+                let (child, stdin, stdout) = forked
+                    .into_parts()
+                    .map_err(|err| NotReady::Failed(format!("cannot link to it: {err}")))?;
+                (Child::Forked(child), Box::new(stdin), Box::new(stdout))
+            }
+            None => self.spawn(index)?,
+        };
+        let mut stdout = BufReader::new(stdout).lines();
         match stdout.next_line().await {
             Ok(Some(line)) if line.starts_with(SERVER_RUNNING) => {
                 Ok((child, Link::new(stdin, stdout)))
             }
             _ => {
-                let _ = child.start_kill();
+                child.start_kill();
                 match child.wait().await {
                     Ok(status) => Err(NotReady::Exited(status)),
                     Err(err) => Err(NotReady::Failed(format!(
@@ -325,6 +362,62 @@ impl Launcher {
                 }
             }
         }
+    }
+
+    /// Starts serving process `index` as a new run of this program.
+    fn spawn(&self, index: usize) -> Result<(Child, link::Stdin, link::Stdout), NotReady> {
+        let mut child = Command::new(&self.exe)
+            .args(&self.args)
+            .arg("--serving-process-index")
+            .arg(index.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| NotReady::Failed(format!("cannot run {}: {err}", self.exe.display())))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Ok((Child::Spawned(child), Box::new(stdin), Box::new(stdout)))
+    }
+}
+
+/// A serving process: the forked first one, or one started as a new run of
+/// this program.
+enum Child {
+    Forked(ForkedChild),
+    Spawned(tokio::process::Child),
+}
+
+impl Child {
+    /// Its pid, until it has been waited for.
+    fn id(&self) -> Option<Pid> {
+        match self {
+            Child::Forked(child) => child.id(),
+            Child::Spawned(child) => child.id().and_then(|pid| Pid::from_raw(pid as i32)),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Child::Forked(child) => child.wait().await,
+            Child::Spawned(child) => child.wait().await,
+        }
+    }
+
+    fn start_kill(&mut self) {
+        match self {
+            Child::Forked(child) => child.start_kill(),
+            Child::Spawned(child) => {
+                let _ = child.start_kill();
+            }
+        }
+    }
+
+    async fn kill(&mut self) {
+        let _ = match self {
+            Child::Forked(child) => child.kill().await,
+            Child::Spawned(child) => child.kill().await,
+        };
     }
 }
 
@@ -444,7 +537,7 @@ impl Keeper {
                 "serving process {} still running {deadline:?} after SIGTERM: killing it",
                 self.index
             );
-            let _ = child.kill().await;
+            child.kill().await;
         }
     }
 }
@@ -452,7 +545,7 @@ impl Keeper {
 /// Sends `signal` to a serving process not yet waited for (so its pid is
 /// still its own).
 fn signal(child: &Child, signal: Signal) {
-    if let Some(pid) = child.id().and_then(|pid| Pid::from_raw(pid as i32)) {
+    if let Some(pid) = child.id() {
         let _ = kill_process(pid, signal);
     }
 }
