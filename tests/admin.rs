@@ -1,5 +1,6 @@
-//! The admin endpoint: `/healthz`, and `/metrics` in Prometheus text format
-//! whose counters move with the traffic, on a port of its own.
+//! The admin endpoint: `/healthz` (liveness), `/readyz` (readiness), and
+//! `/metrics` in Prometheus text format whose counters move with the
+//! traffic, on a port of its own.
 
 use std::collections::HashMap;
 
@@ -59,7 +60,7 @@ async fn metrics(server: &Server) -> HashMap<String, f64> {
     parse(reply.text())
 }
 
-/// `/healthz` is 200 once the server runs; `/metrics` parses as OpenMetrics
+/// `/healthz` and `/readyz` are 200 once the server runs; `/metrics` parses as OpenMetrics
 /// text and its counters follow the traffic: requests by class, durations,
 /// instantiations, traps, timeouts, memory-limit hits, denied outbound
 /// requests. The guest's own `/metrics` is still the guest's.
@@ -77,7 +78,10 @@ async fn metrics_follow_the_traffic() {
         ],
     );
     let admin = server.admin.unwrap();
-    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    let health = get(admin, "/healthz").await;
+    assert_eq!((health.status, health.text()), (StatusCode::OK, "ok\n"));
+    let ready = get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.text()), (StatusCode::OK, "ready\n"));
     let before = metrics(&server).await;
 
     for path in ["/metrics", "/", "/counter"] {
@@ -167,8 +171,9 @@ async fn admin_connections_are_capped_and_timed_out() {
 }
 
 /// During a drain (SIGTERM with a request in flight) the admin endpoint
-/// still answers, for one process and for `--processes`: `/healthz` with
-/// 503 `draining`, so a load balancer stops sending new requests, and
+/// still answers, for one process and for `--processes`: `/readyz` with
+/// 503 `draining`, so a load balancer stops sending new requests,
+/// `/healthz` with 200, so an orchestrator lets the drain finish, and
 /// `/metrics` with the counts, until the request has finished and the
 /// server exits.
 #[tokio::test]
@@ -186,13 +191,10 @@ async fn the_admin_endpoint_answers_through_a_drain() {
         server.terminate();
         server.wait_for_log("SIGTERM received").await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let health = get(admin, "/healthz").await;
-        assert_eq!(
-            health.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{processes}"
-        );
-        assert!(health.text().starts_with("draining"), "{}", health.text());
+        let ready = get(admin, "/readyz").await;
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{processes}");
+        assert!(ready.text().starts_with("draining"), "{}", ready.text());
+        assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
         let reply = get(admin, "/metrics").await;
         assert_eq!(
             reply.status,
@@ -207,4 +209,87 @@ async fn the_admin_endpoint_answers_through_a_drain() {
         assert_eq!(in_flight.await.unwrap().text(), "slept 2000 ms\n");
         assert!(server.wait().success());
     }
+}
+
+/// While the component loads (the Python guest, compiled with
+/// `--no-cache`, takes seconds), the admin endpoint already answers:
+/// `/readyz` 503 `starting`, `/healthz` 200; once the server runs, `/readyz`
+/// is 200. With `--processes 2` the first serving process is stopped
+/// (SIGSTOP) while it loads, so the server cannot become ready early.
+#[tokio::test]
+async fn readyz_says_starting_while_the_component_loads() {
+    for processes in ["1", "2"] {
+        // The admin address must be known before the server says it: a
+        // free port, taken back just before the server binds it.
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut server = std::process::Command::new(e2e::server_binary())
+            .arg(e2e::component("python-guest"))
+            .args([
+                "--processes",
+                processes,
+                "--no-cache",
+                "--addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-addr", &admin.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stopped = match processes {
+            "2" => Some(loop {
+                if let Some(&pid) = e2e::serving_processes_of(server.id()).first() {
+                    signal("STOP", pid);
+                    break pid;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }),
+            _ => None,
+        };
+        let deadline = std::time::Instant::now() + e2e::STEP_TIMEOUT;
+        while tokio::net::TcpStream::connect(admin).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{processes}: no admin endpoint"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let ready = get(admin, "/readyz").await;
+        assert_eq!(
+            (ready.status, ready.text()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: the component is loading\n"
+            ),
+            "{processes}"
+        );
+        assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+        if let Some(pid) = stopped {
+            signal("CONT", pid);
+        }
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+        let first = tokio::task::spawn_blocking(move || lines.next())
+            .await
+            .unwrap();
+        assert!(
+            first.is_some_and(|line| line.unwrap().starts_with("Server running")),
+            "{processes}"
+        );
+        let ready = get(admin, "/readyz").await;
+        assert_eq!((ready.status, ready.text()), (StatusCode::OK, "ready\n"));
+        signal("TERM", server.id());
+        assert!(server.wait().unwrap().success(), "{processes}");
+    }
+}
+
+fn signal(signal: &str, pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
 }

@@ -374,9 +374,10 @@ fn a_limit_too_small_to_split_is_refused() {
 
 /// The admin endpoint tells the truth while processes die: with one of two
 /// down `/metrics` still answers, with the live one's counts and
-/// `serving_processes_up 1`, and `/healthz` is ok; with both down (their
-/// component replaced by garbage, so they cannot start again) `/healthz`
-/// answers 503, so a load balancer stops sending traffic.
+/// `serving_processes_up 1`, and `/readyz` is ok; with both down (their
+/// component replaced by garbage, so they cannot start again) `/readyz`
+/// answers 503, so a load balancer stops sending traffic, while `/healthz`
+/// stays 200.
 #[tokio::test]
 async fn health_and_metrics_with_serving_processes_down() {
     let dir = e2e::temp_dir("processes-down");
@@ -388,7 +389,7 @@ async fn health_and_metrics_with_serving_processes_down() {
         &[],
     );
     let admin = server.admin.unwrap();
-    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
     let processes = serving_processes(&server);
     assert_eq!(processes.len(), 2);
     std::fs::write(&path, b"not a component").unwrap();
@@ -405,13 +406,15 @@ async fn health_and_metrics_with_serving_processes_down() {
         metrics.text()
     );
     requests_2xx(metrics.text());
-    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
 
     kill("KILL", processes[1]);
     server.wait_for_log("serving process 1 exited").await;
-    let health = get(admin, "/healthz").await;
-    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(health.text(), "no serving process is up\n");
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.text(), "no serving process is up\n");
+    // Alive all the same: restarting the server would not mend the file.
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
     let metrics = get(admin, "/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text());
     assert!(
@@ -425,7 +428,7 @@ async fn health_and_metrics_with_serving_processes_down() {
     // process serves and the server is healthy.
     std::fs::copy(component("hello"), &path).unwrap();
     server.wait_for_log("is serving again").await;
-    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
 }
 
 /// The cores this test may run on, as the server counts them.

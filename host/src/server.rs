@@ -75,6 +75,16 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     } else {
         pool.slots * MAX_OUTBOUND
     };
+    // Answering from now on, so that `/readyz` says "starting" while the
+    // component loads. A serving process's metrics and readiness reach the
+    // admin endpoint through its supervisor.
+    let admin = match role {
+        Role::Single => admin::bind(admin_addr)?,
+        Role::Serving { .. } => None,
+    };
+    let admin = admin
+        .map(|admin| admin::spawn(admin, admin::own_reports()))
+        .transpose()?;
     let (engines, app, loaded) = load(&source, &config, pool, sandbox, limits, runtime)?;
     // What the server serves and with what, said once per server: with
     // --processes, by the serving process started first.
@@ -83,7 +93,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         _ => summary(&source, &app, &stores, host, pool.max_memory),
     };
     let current = Arc::new(Current::new(app));
-    let (listener, shutdown, reloader, admin) = runtime.block_on(async {
+    let (listener, shutdown, reloader) = runtime.block_on(async {
         let (addr, shared) = match role {
             Role::Single => (addr, false),
             Role::Serving { on, .. } => (on, true),
@@ -93,13 +103,7 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         let shutdown = shutdown::signal().context("installing signal handlers")?;
         let reloader = Reloader::new(engines, current.clone(), source, loaded)
             .context("installing the SIGHUP handler")?;
-        // A serving process's metrics reach the admin endpoint through its
-        // supervisor.
-        let admin = match role {
-            Role::Single => admin::bind(admin_addr)?,
-            Role::Serving { .. } => None,
-        };
-        anyhow::Ok((listener, shutdown, reloader, admin))
+        anyhow::Ok((listener, shutdown, reloader))
     })?;
     // Once nothing can fail any more, so that a failed start says one line.
     http_settings.max_connections = fd_limit::max_connections(max_connections, outbound);
@@ -112,8 +116,9 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         Workers::spawn(current, http_settings.clone()).context("starting the worker threads")?;
     println!("{SERVER_RUNNING}http://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
-        admin::announce_and_spawn(admin, admin::own_reports())?;
+        admin::announce(admin);
     }
+    admin::set_started();
     // A serving process also stops when its supervisor is gone.
     let orphaned = match role {
         Role::Serving { .. } => supervisor_link::answer_supervisor(),

@@ -1,13 +1,19 @@
-//! The admin endpoint (`--admin-addr`): `/healthz` and `/metrics` on a
-//! listener of their own, so they never shadow a path of the guest's, served
-//! by a thread of their own, so they answer until the process exits: while
-//! it drains, and whatever the serving threads are doing.
+//! The admin endpoint (`--admin-addr`): `/healthz`, `/readyz` and `/metrics`
+//! on a listener of their own, so they never shadow a path of the guest's,
+//! served by a thread of their own, so they answer until the process exits:
+//! while the component loads, while it drains, and whatever the serving
+//! threads are doing.
 //!
-//! `/healthz` answers 200 `ok` while the server takes new requests, and 503
-//! with the reason while it does not: it is draining (SIGTERM), or, with
-//! `--processes`, no serving process is up. A load balancer polling it stops
-//! sending traffic exactly then.
-
+//! Two probes, as Kubernetes asks for them:
+//! - `/healthz` (liveness) answers 200 `ok` for as long as the process runs.
+//!   Nothing a restart would fix makes it fail: a component that does not
+//!   load (after a reload, or a serving process that keeps failing) stays
+//!   broken in a restarted container too, and a drain must not be cut short.
+//! - `/readyz` (readiness) answers 200 `ready` while the server takes new
+//!   requests, and 503 with the reason while it does not: it is starting
+//!   (the component still compiling), draining (SIGTERM), or, with
+//!   `--processes`, no serving process is up. A load balancer polling it
+//!   sends traffic exactly while it is 200.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,10 +45,19 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// reconnect cheaply, and a connection cannot be held for ever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// Set once the server serves: the component has loaded and it listens.
+static STARTED: AtomicBool = AtomicBool::new(false);
+
 /// Set once the server has stopped taking new requests.
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// Marks the server as draining: `/healthz` answers 503 from now on.
+/// Marks the server as serving: `/readyz` answers 200 from now on, until
+/// it drains.
+pub fn set_started() {
+    STARTED.store(true, Ordering::Relaxed);
+}
+
+/// Marks the server as draining: `/readyz` answers 503 from now on.
 pub fn set_draining() {
     DRAINING.store(true, Ordering::Relaxed);
 }
@@ -51,8 +66,8 @@ pub fn set_draining() {
 pub struct Reports {
     /// `/metrics`.
     pub metrics: MetricsText,
-    /// `/healthz`, beside draining: `Err` with the reason when nothing
-    /// serves.
+    /// `/readyz`, beside starting and draining: `Err` with the reason when
+    /// nothing serves.
     pub serving: Serving,
 }
 
@@ -70,21 +85,23 @@ pub fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<std::net::TcpList
     Ok(Some(listener))
 }
 
-/// Says where the admin endpoint is (the line after "Server running" on
-/// stdout), then serves it as [`spawn`] does.
-pub fn announce_and_spawn(listener: std::net::TcpListener, reports: Reports) -> anyhow::Result<()> {
-    println!("Admin endpoint at http://{}/", listener.local_addr()?);
-    spawn(listener, reports).context("starting the admin endpoint")
+/// Says where the admin endpoint is: the line after "Server running" on
+/// stdout.
+pub fn announce(addr: SocketAddr) {
+    println!("Admin endpoint at http://{addr}/");
 }
 
 /// Serves the admin endpoint on `listener`, on a thread of its own with its
-/// own event loop, until the process exits. It is bound after the component
-/// compiled and instantiated, so `/healthz` answering means the server is
-/// ready.
-pub fn spawn(listener: std::net::TcpListener, reports: Reports) -> std::io::Result<()> {
+/// own event loop, until the process exits. Started before the component
+/// loads, so that `/readyz` says "starting" meanwhile rather than leaving a
+/// probe's connection unanswered.
+/// Returns the address it answers on.
+pub fn spawn(listener: std::net::TcpListener, reports: Reports) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .context("starting the admin endpoint")?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -94,8 +111,9 @@ pub fn spawn(listener: std::net::TcpListener, reports: Reports) -> std::io::Resu
                     Err(err) => warn!("admin endpoint: cannot listen: {err}"),
                 }
             })
-        })?;
-    Ok(())
+        })
+        .context("starting the admin endpoint")?;
+    Ok(addr)
 }
 
 /// At most [`ADMIN_CONNECTIONS`] connections at once, so a flood of them
@@ -142,21 +160,15 @@ async fn answer(
     reports: Arc<Reports>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match request.uri().path() {
-        "/healthz" => {
-            let health = if DRAINING.load(Ordering::Relaxed) {
-                Err("draining: new requests are refused".to_string())
-            } else {
-                (reports.serving)()
-            };
-            match health {
-                Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-                Err(why) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("{why}\n").into(),
-                ),
-            }
-        }
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" => match readiness(&reports) {
+            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n").into(),
+            ),
+        },
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -175,4 +187,15 @@ async fn answer(
         header::HeaderValue::from_static(content_type),
     );
     Ok(response)
+}
+
+/// Whether the server takes new requests, and why not.
+fn readiness(reports: &Reports) -> Result<(), String> {
+    if DRAINING.load(Ordering::Relaxed) {
+        Err("draining: new requests are refused".to_string())
+    } else if !STARTED.load(Ordering::Relaxed) {
+        Err("starting: the component is loading".to_string())
+    } else {
+        (reports.serving)()
+    }
 }

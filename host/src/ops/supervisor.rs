@@ -148,14 +148,20 @@ pub async fn run(plan: Plan) -> Result<()> {
     } = plan;
     let mut shutdown = Box::pin(shutdown::signal().context("installing signal handlers")?);
     let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let admin = begun.admin.take();
     let addr = begun.port.local_addr()?;
+    // Answering from now on: `/readyz` says "starting" until the serving
+    // processes are ready.
+    let links: Links = (0..processes).map(|_| Mutex::new(None)).collect();
+    let up = Arc::new(AtomicUsize::new(0));
+    let admin = (begun.admin.take())
+        .map(|admin| admin::spawn(admin, reports(links.clone(), up.clone())))
+        .transpose()?;
     // A large component can take the first serving process seconds to
     // compile; SIGTERM meanwhile stops the server then, not once it serves.
     // Nothing is served yet, so the processes starting are simply killed
     // (dropping them does).
     let processes = tokio::select! {
-        started = start(begun, processes, shutdown_timeout) => started?,
+        started = start(begun, links, up, shutdown_timeout) => started?,
         () = &mut shutdown => {
             info!("stopped before the serving processes were ready");
             return Ok(());
@@ -163,17 +169,31 @@ pub async fn run(plan: Plan) -> Result<()> {
     };
     println!("{SERVER_RUNNING}http://{addr}/");
     if let Some(admin) = admin {
-        admin::announce_and_spawn(admin, processes.reports())?;
+        admin::announce(admin);
     }
+    admin::set_started();
     processes.run(shutdown, hangup).await;
     Ok(())
 }
 
+/// What the admin endpoint reports: `/metrics` sums the metrics of the
+/// serving processes that answer, with how many do; `/readyz` fails while
+/// none is up.
+fn reports(links: Links, up: Arc<AtomicUsize>) -> admin::Reports {
+    admin::Reports {
+        metrics: Arc::new(move || {
+            let links = links.clone();
+            Box::pin(async move { link::scrape(&links).await })
+        }),
+        serving: Arc::new(move || match up.load(Ordering::Relaxed) {
+            0 => Err("no serving process is up".to_string()),
+            _ => Ok(()),
+        }),
+    }
+}
+
 /// The serving processes, once each has said it is ready.
 pub struct Processes {
-    links: Arc<[Mutex<Option<Link>>]>,
-    /// Serving processes up now (started and not yet seen to exit).
-    up: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
     hangups: watch::Sender<u64>,
     keepers: JoinSet<()>,
@@ -192,10 +212,20 @@ impl fmt::Display for AlreadyReported {
 
 impl std::error::Error for AlreadyReported {}
 
-/// Starts `count` serving processes on the address `begun` holds and waits
-/// until each is ready: the first (forked already) alone, then the others
-/// together. If one cannot start, stops the others and fails.
-async fn start(begun: Begun, count: usize, shutdown_timeout: Duration) -> Result<Processes> {
+/// Where each serving process's [`Link`] is while it is up, by index.
+type Links = Arc<[Mutex<Option<Link>>]>;
+
+/// Starts a serving process for each of `links` on the address `begun`
+/// holds and waits until each is ready: the first (forked already) alone,
+/// then the others together. If one cannot start, stops the others and
+/// fails. `up` counts those up.
+async fn start(
+    begun: Begun,
+    links: Links,
+    up: Arc<AtomicUsize>,
+    shutdown_timeout: Duration,
+) -> Result<Processes> {
+    let count = links.len();
     let Begun {
         port, cache, first, ..
     } = begun;
@@ -216,11 +246,7 @@ async fn start(begun: Begun, count: usize, shutdown_timeout: Duration) -> Result
     });
     let (stop, _) = watch::channel(false);
     let (hangups, _) = watch::channel(0);
-    let links: Arc<[_]> = (0..count).map(|_| Mutex::new(None)).collect();
-    let up = Arc::new(AtomicUsize::new(0));
     let mut processes = Processes {
-        links: links.clone(),
-        up: up.clone(),
         stop,
         hangups,
         keepers: JoinSet::new(),
@@ -277,23 +303,6 @@ impl fmt::Display for NotReady {
 }
 
 impl Processes {
-    /// What the admin endpoint reports: `/metrics` sums the metrics of the
-    /// serving processes that answer, with how many do; `/healthz` fails
-    /// while none is up.
-    pub fn reports(&self) -> admin::Reports {
-        let (links, up) = (self.links.clone(), self.up.clone());
-        admin::Reports {
-            metrics: Arc::new(move || {
-                let links = links.clone();
-                Box::pin(async move { link::scrape(&links).await })
-            }),
-            serving: Arc::new(move || match up.load(Ordering::Relaxed) {
-                0 => Err("no serving process is up".to_string()),
-                _ => Ok(()),
-            }),
-        }
-    }
-
     /// Passes SIGHUP on until `shutdown` resolves, then stops the serving
     /// processes (each drains, as on its own SIGTERM) and waits for them.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut hangup: SignalStream) {
@@ -426,8 +435,8 @@ impl Child {
 struct Keeper {
     index: usize,
     launcher: Arc<Launcher>,
-    links: Arc<[Mutex<Option<Link>>]>,
-    /// See [`Processes::up`].
+    links: Links,
+    /// Serving processes up now (started and not yet seen to exit).
     up: Arc<AtomicUsize>,
     stop: watch::Receiver<bool>,
     hangups: watch::Receiver<u64>,

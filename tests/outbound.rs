@@ -1,0 +1,76 @@
+//! Outbound HTTP from guests: what reaches the server a guest calls.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use e2e::{Server, TESTBEDS, get};
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The longest request head the recording upstream reads.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// An upstream on 127.0.0.1 that records the head of every request it gets
+/// and answers each with `ok`, closing the connection.
+async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let recorded = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Every outbound HTTP/1.1 request of a guest names its authority in a
+/// `Host` header, as HTTP/1.1 requires (wasmtime 48.0.0 dropped it in one
+/// case: wasmtime issue 14190), from a WASI 0.2 and a WASI 0.3 guest.
+#[tokio::test]
+async fn outbound_requests_carry_the_host_header() {
+    for testbed in TESTBEDS {
+        let (upstream, heads) = recording_upstream().await;
+        let server = Server::start(testbed, &["--allow-outbound", &upstream.to_string()]);
+        let reply = get(server.addr, &format!("/outbound?authority={upstream}")).await;
+        assert_eq!(
+            (reply.status, reply.text()),
+            (StatusCode::OK, "ok\n"),
+            "{testbed}"
+        );
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1, "{testbed}: {heads:?}");
+        let hosts: Vec<&str> = heads[0]
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, value)| value.trim())
+            .collect();
+        assert_eq!(hosts, [upstream.to_string()], "{testbed}: {}", heads[0]);
+    }
+}
