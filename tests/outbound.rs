@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::{Server, TESTBEDS, get};
 use hyper::StatusCode;
@@ -73,4 +73,82 @@ async fn outbound_requests_carry_the_host_header() {
             .collect();
         assert_eq!(hosts, [upstream.to_string()], "{testbed}: {}", heads[0]);
     }
+}
+
+/// Asks `testbed`, allowed to reach `upstream` and with the outbound
+/// `timeout` flag at 300 ms, to GET it; asserts the guest is told `error`
+/// and answers the client itself, long before `--request-timeout` (30 s).
+async fn given_up(testbed: &str, upstream: SocketAddr, timeout: &str, error: &str) {
+    let server = Server::start(
+        testbed,
+        &["--allow-outbound", &upstream.to_string(), timeout, "300ms"],
+    );
+    let started = Instant::now();
+    let reply = get(server.addr, &format!("/outbound?authority={upstream}")).await;
+    assert_eq!(
+        (reply.status, reply.text()),
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("ErrorCode::{error}\n").as_str()
+        ),
+        "{testbed}"
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(10), "{testbed}: {waited:?}");
+}
+
+/// An upstream that takes the connection and the request but never answers
+/// holds a guest's outbound request only `--outbound-first-byte-timeout`.
+#[tokio::test]
+async fn a_silent_upstream_is_given_up_at_the_first_byte_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // Holds every connection open, reading nothing and answering nothing.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    for testbed in TESTBEDS {
+        given_up(
+            testbed,
+            upstream,
+            "--outbound-first-byte-timeout",
+            "ConnectionReadTimeout",
+        )
+        .await;
+    }
+}
+
+/// An upstream whose accept queue is full (the kernel drops new SYNs, so a
+/// connect hangs) holds a guest's outbound request only
+/// `--outbound-connect-timeout`.
+#[tokio::test]
+async fn an_unreachable_upstream_is_given_up_at_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let upstream = listener.local_addr().unwrap();
+    // Never accepted: these fill the queue (a backlog of 0 holds one).
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        if let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&upstream, Duration::from_millis(200))
+        {
+            fillers.push(stream);
+        }
+    }
+    let probe = std::net::TcpStream::connect_timeout(&upstream, Duration::from_millis(300));
+    assert!(probe.is_err(), "the accept queue is not full");
+    for testbed in TESTBEDS {
+        given_up(
+            testbed,
+            upstream,
+            "--outbound-connect-timeout",
+            "ConnectionTimeout",
+        )
+        .await;
+    }
+    drop(listener);
 }

@@ -240,6 +240,21 @@ pub struct Cli {
     )]
     pub allow_outbound: Vec<Destination>,
 
+    /// Longest a guest's outbound request waits for its TCP connection. A
+    /// guest may ask for less (`request-options`), not more. Without it an
+    /// unreachable upstream held the guest 600 s (wasmtime-wasi-http's
+    /// default), so the client got the 504 of `--request-timeout` instead of
+    /// the guest's own answer to the error (`connection-timeout`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub outbound_connect_timeout: Duration,
+
+    /// Longest a guest's outbound request waits for the response head once
+    /// connected; capped as `--outbound-connect-timeout` is. Below
+    /// `--request-timeout`'s default, so that a guest whose upstream hangs
+    /// still has time to answer the client itself (`connection-read-timeout`).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub outbound_first_byte_timeout: Duration,
+
     /// A configuration value for guests (`wasi:config/store`), as `wasmtime
     /// serve -S config-var` and Spin variables give them: `KEY=VALUE`, or
     /// `KEY` to pass on the server's own environment variable. Repeatable.

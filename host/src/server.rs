@@ -19,7 +19,7 @@ use crate::guest::link;
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
 use crate::http::{self, SERVER_RUNNING, Workers, fd_limit};
-use crate::imports::http_hooks::MAX_OUTBOUND;
+use crate::imports::http_hooks::{MAX_OUTBOUND, OutboundTimeouts};
 use crate::imports::keyvalue;
 use crate::ops::reload::{self, Reloader, Source};
 use crate::ops::{admin, link as supervisor_link, shutdown};
@@ -278,6 +278,10 @@ impl Settings {
                 host,
                 max_output: bytes(cli.max_guest_output),
                 allowed_outbound: cli.allow_outbound.clone().into(),
+                outbound_timeouts: OutboundTimeouts {
+                    connect: cli.outbound_connect_timeout,
+                    first_byte: cli.outbound_first_byte_timeout,
+                },
                 env: cli.env.clone().into(),
                 config: Arc::new(cli.config.iter().cloned().collect()),
                 keyvalue: Arc::new(stores),

@@ -13,7 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
 use crate::imports::allowed::Destination;
-use crate::imports::http_hooks::{InternalHandle, OutboundPolicy};
+use crate::imports::http_hooks::{InternalHandle, OutboundPolicy, OutboundTimeouts};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
 use crate::imports::output::GuestOutput;
 use crate::imports::variables::{Config, Variables};
@@ -28,6 +28,8 @@ pub struct Sandbox {
     pub host: HostBudget,
     /// `--allow-outbound`: where the guest may send HTTP requests.
     pub allowed_outbound: Arc<[Destination]>,
+    /// `--outbound-connect-timeout` and `--outbound-first-byte-timeout`.
+    pub outbound_timeouts: OutboundTimeouts,
     /// `--max-guest-output`: bytes a request may write to stdout and stderr.
     pub max_output: usize,
     /// `--env`: the guest's whole environment.
@@ -95,6 +97,7 @@ impl RequestState {
             http,
             outbound: OutboundPolicy::new(
                 sandbox.allowed_outbound.clone(),
+                sandbox.outbound_timeouts,
                 sandbox.internal.clone(),
             ),
             limiter: MemoryLimiter::new(max_memory),
