@@ -24,7 +24,7 @@ GUEST_TOOLS := $(CURDIR)/target/guest-tools
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
 BENCH_TOOLS := target/bench-tools
 
-.PHONY: all run build components real-guests spin-guests redis hello targets test lint bench wit-deps clean
+.PHONY: all run build components real-guests spin-guests redis tls-tools hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -115,7 +115,11 @@ $(SPIN_PYTHON_GUEST): tests/components/spin-python-guest/app.py $(GUEST_TOOLS)/s
 redis:
 	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || (apt-get update && apt-get install -y redis-server)
 
-test: lint build real-guests redis
+# curl and openssl: the TLS tests' clients and certificate maker.
+tls-tools:
+	command -v openssl >/dev/null && command -v curl >/dev/null || (apt-get update && apt-get install -y openssl curl)
+
+test: lint build real-guests redis tls-tools
 	$(CARGO) test --profile $(PROFILE)
 
 lint: targets

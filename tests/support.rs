@@ -188,7 +188,12 @@ impl Server {
                     )
                 })
         };
-        let addr = read_addr("Server running at http://");
+        let https = args.contains(&"--tls-cert");
+        let addr = read_addr(if https {
+            "Server running at https://"
+        } else {
+            "Server running at http://"
+        });
         let admin = args
             .contains(&"--admin-addr")
             .then(|| read_addr("Admin endpoint at http://"));

@@ -145,6 +145,21 @@ pub struct Cli {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
+    /// Serve HTTPS: the certificate chain (PEM, the server's own certificate
+    /// first) for TLS 1.2 and 1.3, with ALPN for HTTP/2 and HTTP/1.1.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With `--tls-cert`: time a client has to complete the TLS handshake.
+    /// A client that connects and sends nothing (or half a ClientHello) is
+    /// closed then; a real handshake takes a few round trips.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
     /// HTTP/1.1: time a client has to send a request's complete headers,
     /// counted from when the server starts waiting for them (so it also closes
     /// keep-alive connections idle for this long). Defeats slowloris clients.

@@ -74,6 +74,7 @@ fn run(cli: &Cli, begun: Option<supervisor::Begun>) -> Result<()> {
                 begun,
                 processes: cli.processes(),
                 shutdown_timeout: cli.shutdown_timeout,
+                https: cli.tls_cert.is_some(),
             }));
         }
         (None, Some(on)) => Role::Serving {

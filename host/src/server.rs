@@ -114,7 +114,12 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     release_free_memory();
     let workers =
         Workers::spawn(current, http_settings.clone()).context("starting the worker threads")?;
-    println!("{SERVER_RUNNING}http://{}/", listener.local_addr()?);
+    let scheme = if http_settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("{SERVER_RUNNING}{scheme}://{}/", listener.local_addr()?);
     if let Some(admin) = admin {
         admin::announce(admin);
     }
@@ -306,6 +311,13 @@ impl Settings {
                 // Set by `run` from the open-file limit, once nothing can fail.
                 max_connections: 0,
                 shutdown_timeout: cli.shutdown_timeout,
+                tls: match (&cli.tls_cert, &cli.tls_key) {
+                    (Some(cert), Some(key)) => Some(http::Tls {
+                        acceptor: http::tls::acceptor(cert, key)?,
+                        handshake_timeout: cli.tls_handshake_timeout,
+                    }),
+                    _ => None,
+                },
             },
             max_connections,
             addr: cli.addr,

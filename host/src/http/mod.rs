@@ -7,6 +7,7 @@ mod accept;
 mod access;
 pub mod fd_limit;
 pub mod listener;
+pub mod tls;
 mod watchdog;
 mod workers;
 
@@ -46,6 +47,24 @@ pub struct Settings {
     pub max_connections: usize,
     /// `--shutdown-timeout`.
     pub shutdown_timeout: Duration,
+    /// `--tls-cert` and `--tls-key`: connections are TLS.
+    pub tls: Option<Tls>,
+}
+
+/// Inbound TLS, from the command line.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// `--tls-handshake-timeout`.
+    pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves and deals

@@ -1,7 +1,8 @@
 //! The worker threads: each runs its own single-threaded runtime and serves
-//! the connections dealt to it, HTTP/1.1 (keep-alive) and HTTP/2 over
-//! cleartext, within the connection limits and timeouts of the command
-//! line; and, once its inbox closes, drains them within a bounded time.
+//! the connections dealt to it, HTTP/1.1 (keep-alive) and HTTP/2, over
+//! cleartext or TLS (`tls.rs`), within the connection limits and timeouts
+//! of the command line; and, once its inbox closes, drains them within a
+//! bounded time.
 //!
 //! Thread per core: a connection (with every request on it) stays on the
 //! worker it was given to. A multi-threaded runtime balances better but pays
@@ -161,26 +162,60 @@ fn serve_connection(
             Ok::<_, Infallible>(response.map(|body| ClientBody::new(body, in_flight, end)))
         })
     });
-    let connection = http
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
     let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
+    let Some(tls) = &settings.tls else {
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            watch(connection, activity, peer, idle_timeout, write_timeout).await;
+        });
+        return;
+    };
+    // The handshake runs on the connection's task: a client that sends
+    // nothing, or half a ClientHello, holds its connection slot only for
+    // `--tls-handshake-timeout`.
+    let (acceptor, handshake_timeout) = (tls.acceptor.clone(), tls.handshake_timeout);
+    let (http, graceful) = (http.clone(), graceful.watcher());
     tokio::spawn(async move {
         let _permit = permit;
-        tokio::select! {
-            // Clients that reset or send garbage end up here; the log is
-            // the only place that needs to know.
-            result = connection => if let Err(err) = result {
-                debug!(%peer, "connection ended with an error: {err}");
-            },
-            closed = activity.watch(idle_timeout, write_timeout) => match closed {
-                Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
-                Closed::Stalled => {
-                    METRICS.stalled_connection();
-                    warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
-                }
-            },
-        }
+        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return debug!(%peer, "TLS handshake failed: {err}"),
+            Err(_) => {
+                return debug!(%peer, "TLS handshake not done within --tls-handshake-timeout ({handshake_timeout:?}); closed");
+            }
+        };
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        watch(connection, activity, peer, idle_timeout, write_timeout).await;
     });
+}
+
+/// Runs `connection` until it ends, or its watchdog closes it.
+async fn watch<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    idle_timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
+) {
+    tokio::select! {
+        // Clients that reset or send garbage end up here; the log is
+        // the only place that needs to know.
+        result = connection => if let Err(err) = result {
+            debug!(%peer, "connection ended with an error: {err}");
+        },
+        closed = activity.watch(idle_timeout, write_timeout) => match closed {
+            Closed::Idle => debug!(%peer, "closing a connection idle for --idle-timeout ({idle_timeout:?})"),
+            Closed::Stalled => {
+                METRICS.stalled_connection();
+                warn!(%peer, "closing a connection whose client took none of its response for --write-timeout ({write_timeout:?})");
+            }
+        },
+    }
 }

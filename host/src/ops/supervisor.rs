@@ -137,6 +137,8 @@ pub struct Plan {
     pub processes: usize,
     /// `--shutdown-timeout`.
     pub shutdown_timeout: Duration,
+    /// `--tls-cert`: the serving processes speak HTTPS.
+    pub https: bool,
 }
 
 /// Runs the serving processes of `plan` until SIGINT or SIGTERM.
@@ -145,6 +147,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         mut begun,
         processes,
         shutdown_timeout,
+        https,
     } = plan;
     let mut shutdown = Box::pin(shutdown::signal().context("installing signal handlers")?);
     let hangup = signal_stream(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -167,7 +170,8 @@ pub async fn run(plan: Plan) -> Result<()> {
             return Ok(());
         }
     };
-    println!("{SERVER_RUNNING}http://{addr}/");
+    let scheme = if https { "https" } else { "http" };
+    println!("{SERVER_RUNNING}{scheme}://{addr}/");
     if let Some(admin) = admin {
         admin::announce(admin);
     }

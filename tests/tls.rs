@@ -1,0 +1,222 @@
+//! Inbound TLS (`--tls-cert`, `--tls-key`), end to end with the real
+//! clients operators use: curl and `openssl s_client`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use e2e::{RawClient, Server, run_to_exit};
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in
+/// a folder of the test's own.
+struct Certificate {
+    dir: PathBuf,
+}
+
+impl Certificate {
+    fn new(name: &str) -> Self {
+        let dir = e2e::temp_dir(name);
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .expect("running openssl");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        Self { dir }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    /// The server's TLS flags for this certificate, and `extra`.
+    fn serve(&self, extra: &[&str]) -> Server {
+        let (cert, key) = (self.cert(), self.key());
+        let mut args = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Server::start("hello", &args)
+    }
+}
+
+impl Drop for Certificate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `curl` with the test's CA, bounded in time; `args` choose the protocol.
+fn curl(ca: &Path, server: &Server, args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .args(["-w", "\n%{http_version}"])
+        .arg(format!("https://127.0.0.1:{}/", server.addr.port()))
+        .output()
+        .expect("running curl")
+}
+
+/// HTTPS answers as HTTP does, over HTTP/2 when ALPN agrees on it and over
+/// HTTP/1.1 when the client offers only that; the certificate verifies.
+#[test]
+fn https_serves_http2_and_http1_by_alpn() {
+    let certificate = Certificate::new("tls-alpn");
+    let server = certificate.serve(&[]);
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = curl(&certificate.cert(), &server, &[flag]);
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("Hello World\n\n{version}"),
+            "{flag}"
+        );
+    }
+}
+
+/// A client that offers only TLS 1.1 is refused with a handshake alert; one
+/// that offers TLS 1.2 only is served, and ALPN `h2` is selected.
+#[test]
+fn tls_1_1_is_refused_and_1_2_is_served() {
+    let certificate = Certificate::new("tls-versions");
+    let server = certificate.serve(&[]);
+    let s_client = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("10")
+            .args(["openssl", "s_client", "-connect"])
+            .arg(server.addr.to_string())
+            // Lets this OpenSSL offer TLS 1.1 at all: the server must refuse.
+            .args(["-cipher", "DEFAULT@SECLEVEL=0"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running openssl s_client");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let old = s_client(&["-tls1_1"]);
+    assert!(old.contains("SSL alert number"), "{old}");
+    assert!(!old.contains("Cipher is ECDHE"), "{old}");
+    let tls12 = s_client(&["-tls1_2", "-alpn", "h2,http/1.1"]);
+    assert!(tls12.contains("Protocol  : TLSv1.2"), "{tls12}");
+    assert!(tls12.contains("ALPN protocol: h2"), "{tls12}");
+}
+
+/// A client that connects and sends nothing, or half a ClientHello, is
+/// closed at `--tls-handshake-timeout`; the server serves on.
+#[tokio::test]
+async fn a_stalled_handshake_is_closed() {
+    let certificate = Certificate::new("tls-stall");
+    let server = certificate.serve(&["--tls-handshake-timeout", "300ms"]);
+    // A TLS record header announcing a 512-byte handshake, and nothing more.
+    for sent in [&b""[..], &b"\x16\x03\x01\x02\x00\x01"[..]] {
+        let started = Instant::now();
+        let mut client = RawClient::connect(server.addr).await;
+        client.send(sent).await.unwrap();
+        assert_eq!(client.read_to_close().await, "");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "closed after {waited:?}"
+        );
+    }
+    let out = curl(&certificate.cert(), &server, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bad certificate or key files fail the start with one `error:` line
+/// naming the file and what is wrong, before the server listens.
+#[test]
+fn bad_tls_files_fail_at_startup() {
+    let certificate = Certificate::new("tls-bad");
+    let other = Certificate::new("tls-bad-other");
+    let hello = e2e::component("hello");
+    let (cert, key) = (certificate.cert(), certificate.key());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let other_key = other.key();
+    let missing = certificate.dir.join("missing.pem");
+    let cases: [(&str, &str, String); 4] = [
+        (
+            hello.to_str().unwrap(),
+            key,
+            format!("--tls-cert {}: no certificate in it", hello.display()),
+        ),
+        (
+            cert,
+            cert,
+            format!("--tls-key {cert}: no private key in PEM"),
+        ),
+        (
+            cert,
+            other_key.to_str().unwrap(),
+            format!(
+                "--tls-key {} does not go with --tls-cert {cert}",
+                other_key.display()
+            ),
+        ),
+        (
+            missing.to_str().unwrap(),
+            key,
+            format!("--tls-cert {}: No such file", missing.display()),
+        ),
+    ];
+    for (cert, key, expected) in cases {
+        for processes in ["1", "2"] {
+            let failed = run_to_exit(&[
+                hello.to_str().unwrap(),
+                "--addr",
+                "127.0.0.1:0",
+                "--processes",
+                processes,
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+            ]);
+            assert!(!failed.status.success());
+            assert!(failed.stdout.is_empty(), "{}", failed.stdout);
+            let errors: Vec<&str> = failed
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect();
+            assert_eq!(errors.len(), 1, "{}", failed.stderr);
+            assert!(
+                errors[0].starts_with(&format!("error: {expected}")),
+                "{}",
+                failed.stderr
+            );
+        }
+    }
+}
