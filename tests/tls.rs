@@ -27,6 +27,10 @@ impl Certificate {
             ])
             .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            // A server's own certificate, not a CA's (openssl's default),
+            // which clients that check the chain (rustls) refuse.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
             .arg("-keyout")
             .arg(dir.join("key.pem"))
             .arg("-out")
@@ -219,4 +223,106 @@ fn bad_tls_files_fail_at_startup() {
             );
         }
     }
+}
+
+/// A TLS connection to `addr` that trusts only the certificate at `ca`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(e2e::STEP_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .expect("handshake within the step timeout")
+}
+
+/// Sends `GET /` on `stream` (kept alive) and returns the response's body.
+async fn hello_over(stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    while !seen.ends_with(b"Hello World\n") {
+        let n = tokio::time::timeout(e2e::STEP_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("an answer within the step timeout")
+            .unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    text.rsplit("\r\n\r\n").next().unwrap().to_string()
+}
+
+/// SIGHUP reads the certificate and key again: new connections get the new
+/// certificate, one opened before keeps going, and a broken pair at the
+/// next SIGHUP is refused while the current one is served on.
+#[tokio::test]
+async fn sighup_swaps_the_certificate_for_new_connections() {
+    let first = Certificate::new("tls-swap-first");
+    let second = Certificate::new("tls-swap-second");
+    let live = e2e::temp_dir("tls-swap-live");
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    let put = |from: &Certificate| {
+        for (source, target) in [(from.cert(), &cert), (from.key(), &key)] {
+            let next = target.with_extension("next");
+            std::fs::copy(source, &next).unwrap();
+            std::fs::rename(&next, target).unwrap();
+        }
+    };
+    put(&first);
+    let server = Server::start(
+        "hello",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut old = tls_connect(server.addr, &first.cert()).await.unwrap();
+    assert_eq!(hello_over(&mut old).await, "Hello World\n");
+
+    put(&second);
+    server.hangup();
+    server
+        .wait_for_log_in_each("reloaded the TLS certificate and key", 1)
+        .await;
+    // Several times, so that each serving process is likely reached.
+    for _ in 0..4 {
+        assert!(tls_connect(server.addr, &first.cert()).await.is_err());
+        let mut new = tls_connect(server.addr, &second.cert()).await.unwrap();
+        assert_eq!(hello_over(&mut new).await, "Hello World\n");
+    }
+    assert_eq!(hello_over(&mut old).await, "Hello World\n");
+
+    std::fs::write(&key, "not a key").unwrap();
+    server.hangup();
+    server
+        .wait_for_log_in_each(
+            "TLS certificate reload failed, still serving the previous one",
+            1,
+        )
+        .await;
+    let mut after = tls_connect(server.addr, &second.cert()).await.unwrap();
+    assert_eq!(hello_over(&mut after).await, "Hello World\n");
+    let _ = std::fs::remove_dir_all(&live);
 }

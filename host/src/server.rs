@@ -101,7 +101,11 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
         let listener =
             http::bind(addr, shared).with_context(|| format!("cannot listen on {addr}"))?;
         let shutdown = shutdown::signal().context("installing signal handlers")?;
-        let reloader = Reloader::new(engines, current.clone(), source, loaded)
+        let certificate = http_settings
+            .tls
+            .as_ref()
+            .map(|tls| tls.certificate.clone());
+        let reloader = Reloader::new(engines, current.clone(), source, loaded, certificate)
             .context("installing the SIGHUP handler")?;
         anyhow::Ok((listener, shutdown, reloader))
     })?;
@@ -312,10 +316,14 @@ impl Settings {
                 max_connections: 0,
                 shutdown_timeout: cli.shutdown_timeout,
                 tls: match (&cli.tls_cert, &cli.tls_key) {
-                    (Some(cert), Some(key)) => Some(http::Tls {
-                        acceptor: http::tls::acceptor(cert, key)?,
-                        handshake_timeout: cli.tls_handshake_timeout,
-                    }),
+                    (Some(cert), Some(key)) => {
+                        let (acceptor, certificate) = http::tls::acceptor(cert, key)?;
+                        Some(http::Tls {
+                            acceptor,
+                            certificate,
+                            handshake_timeout: cli.tls_handshake_timeout,
+                        })
+                    }
                     _ => None,
                 },
             },

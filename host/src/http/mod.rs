@@ -55,6 +55,8 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// What SIGHUP reloads.
+    pub certificate: Arc<tls::Certificate>,
     /// `--tls-handshake-timeout`.
     pub handshake_timeout: Duration,
 }

@@ -5,7 +5,9 @@
 //! flight finish on the old ones. A changed manifest is read whole, as at
 //! start (routes, grants, variables, files), and the new application is
 //! swapped in as one. If anything fails, the old components keep serving,
-//! all of them, and the log says why.
+//! all of them, and the log says why. SIGHUP also reads the TLS certificate
+//! and key again (`--tls-cert`): new connections get them, and a pair that
+//! does not load leaves the old one in use.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tracing::{error, info};
 
 use crate::app::{App, Current};
 use crate::compile::Engines;
+use crate::http::tls::Certificate;
 
 /// How often `--watch` looks at the component files. Polling size and
 /// mtime survives editors and deploy tools that replace a file by renaming
@@ -48,6 +51,7 @@ pub struct Reloader {
     engines: Arc<Engines>,
     current: Arc<Current>,
     source: Source,
+    certificate: Option<Arc<Certificate>>,
 }
 
 /// Where the component comes from, and whether to watch it.
@@ -68,6 +72,7 @@ impl Reloader {
         current: Arc<Current>,
         source: Source,
         loaded: Stamp,
+        certificate: Option<Arc<Certificate>>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             hangup: signal(SignalKind::hangup())?,
@@ -75,6 +80,7 @@ impl Reloader {
             engines,
             current,
             source,
+            certificate,
         })
     }
 
@@ -87,7 +93,10 @@ impl Reloader {
         let mut changing: Option<Stamp> = None;
         loop {
             tokio::select! {
-                _ = self.hangup.recv() => info!("SIGHUP received: reloading {}", self.source.path.display()),
+                _ = self.hangup.recv() => {
+                    info!("SIGHUP received: reloading {}", self.source.path.display());
+                    self.reload_certificate();
+                }
                 _ = ticks.tick(), if self.source.watch => {
                     let now = stamp(&watched);
                     if now == current {
@@ -111,6 +120,21 @@ impl Reloader {
             if now_watched != watched {
                 watched = now_watched;
                 current = stamp(&watched);
+            }
+        }
+    }
+
+    fn reload_certificate(&self) {
+        let Some(certificate) = &self.certificate else {
+            return;
+        };
+        match certificate.reload() {
+            Ok(()) => info!(
+                "reloaded the TLS certificate and key from {}: new connections get them",
+                certificate.files()
+            ),
+            Err(err) => {
+                error!("TLS certificate reload failed, still serving the previous one: {err:#}")
             }
         }
     }
