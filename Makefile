@@ -24,7 +24,7 @@ GUEST_TOOLS := $(CURDIR)/target/guest-tools
 WASMTIME_VERSION := $(shell sed -n 's/^wasmtime = { version = "\([^"]*\)".*/\1/p' Cargo.toml)
 BENCH_TOOLS := target/bench-tools
 
-.PHONY: all run build components real-guests spin-guests redis tls-tools hello targets test lint bench wit-deps clean
+.PHONY: all run build components real-guests spin-guests redis tls-tools haproxy hello targets test lint bench wit-deps clean
 
 all: build
 
@@ -115,11 +115,15 @@ $(SPIN_PYTHON_GUEST): tests/components/spin-python-guest/app.py $(GUEST_TOOLS)/s
 redis:
 	command -v redis-server >/dev/null && command -v redis-cli >/dev/null || (apt-get update && apt-get install -y redis-server)
 
+# The scale-out test puts two servers behind Debian's HAProxy.
+haproxy:
+	command -v haproxy >/dev/null || (apt-get update && apt-get install -y haproxy)
+
 # curl and openssl: the TLS tests' clients and certificate maker.
 tls-tools:
 	command -v openssl >/dev/null && command -v curl >/dev/null || (apt-get update && apt-get install -y openssl curl)
 
-test: lint build real-guests redis tls-tools
+test: lint build real-guests redis tls-tools haproxy
 	$(CARGO) test --profile $(PROFILE)
 
 lint: targets
@@ -138,7 +142,7 @@ lint: targets
 # records the report in BENCHMARKS.md. Then the in-process microbenchmark.
 # First run: installs wrk (apt) and wasmtime-cli into target/bench-tools (~15 min),
 # and builds the microbenchmark's own copy of wasmtime.
-bench: build real-guests
+bench: build real-guests tls-tools
 	$(CARGO) build --profile $(PROFILE) -p hyper-hello
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	test -x $(BENCH_TOOLS)/bin/wasmtime || \

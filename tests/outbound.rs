@@ -1,10 +1,11 @@
 //! Outbound HTTP from guests: what reaches the server a guest calls.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{Server, TESTBEDS, get};
+use e2e::{Server, TESTBEDS, TestCa, get};
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -151,4 +152,166 @@ async fn an_unreachable_upstream_is_given_up_at_the_connect_timeout() {
         .await;
     }
     drop(listener);
+}
+
+/// An HTTPS upstream on 127.0.0.1 with `ca`'s certificate `upstream.pem`,
+/// answering `ok` to every request and keeping connections open; counts
+/// the connections it accepted.
+async fn https_upstream(ca: &TestCa) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, crypto::ring};
+    ca.issue_server("upstream");
+    let chain = vec![CertificateDer::from_pem_file(ca.file("upstream.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(ca.file("upstream-key.pem")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // One request head at a time, each answered, until the
+                // client closes or stays silent for 10 s.
+                let mut head = Vec::new();
+                let mut buf = [0; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 && head.len() < MAX_HEAD => {
+                                head.extend_from_slice(&buf[..n]);
+                            }
+                            _ => return,
+                        }
+                    }
+                    head.clear();
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Outbound HTTPS is verified: against `--outbound-ca` the private CA's
+/// upstream is reached, and one connection carries the requests of
+/// consecutive instances (pooled); without it the guest gets
+/// `TlsCertificateError`. A file that holds no certificate fails the start.
+#[tokio::test]
+async fn outbound_https_trusts_outbound_ca_and_reuses_connections() {
+    let ca = TestCa::new("outbound-ca");
+    let (upstream, accepted) = https_upstream(&ca).await;
+    let path = format!("/outbound?authority={upstream}&scheme=https");
+    let allow = format!("https://{upstream}");
+    let ca_file = ca.file("ca.pem");
+    // One serving process with one thread: one pool.
+    let trusting = Server::start(
+        "testbed",
+        &[
+            "--allow-outbound",
+            &allow,
+            "--outbound-ca",
+            &ca_file,
+            "--processes",
+            "1",
+            "--threads",
+            "1",
+        ],
+    );
+    for _ in 0..5 {
+        let reply = get(trusting.addr, &path).await;
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "ok\n"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "connections opened");
+
+    let unaware = Server::start("testbed", &["--allow-outbound", &allow]);
+    let reply = get(unaware.addr, &path).await;
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::BAD_GATEWAY, "ErrorCode::TlsCertificateError\n")
+    );
+
+    let key = ca.file("ca-key.pem");
+    let failed = e2e::run_to_exit(&[
+        e2e::component("testbed").to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--outbound-ca",
+        &key,
+    ]);
+    assert!(!failed.status.success());
+    let errors: Vec<&str> = failed
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error: --outbound-ca {key}: no certificate in it (expected PEM `BEGIN CERTIFICATE` blocks)"
+        )],
+        "{}",
+        failed.stderr
+    );
+}
+
+/// Each allow-list form, as operators write it for `--allow-outbound` or
+/// Spin's `allowed_outbound_hosts`, lets through what it names and denies
+/// the rest with `HttpRequestDenied`: checked against a real upstream on
+/// 127.0.0.1, reached over `http`.
+#[tokio::test]
+async fn each_allow_list_form_allows_what_it_names_and_denies_the_rest() {
+    let upstream = Server::start("hello", &[]);
+    let port = upstream.addr.port();
+    let other = port.wrapping_add(1);
+    let cases = [
+        (format!("127.0.0.1:{port}"), true),
+        ("127.0.0.1".to_string(), true),
+        (format!("127.0.0.1:{other}"), false),
+        (format!("http://127.0.0.1:{port}"), true),
+        (format!("https://127.0.0.1:{port}"), false),
+        // Spin's meaning: no port is the scheme's own (80).
+        ("http://127.0.0.1".to_string(), false),
+        ("http://127.0.0.1:*".to_string(), true),
+        (
+            format!("http://127.0.0.1:{}..{}", port, port.wrapping_add(1)),
+            true,
+        ),
+        (
+            format!("http://127.0.0.1:{}..{}", other, other.wrapping_add(5)),
+            false,
+        ),
+        (format!("*://127.0.0.0/8:{port}"), true),
+        (format!("*://10.0.0.0/8:{port}"), false),
+        (format!("http://*.internal:{port}"), false),
+        ("*://*:*".to_string(), true),
+    ];
+    let path = format!("/outbound?authority={}", upstream.addr);
+    for (entry, allowed) in cases {
+        let server = Server::start("testbed", &["--allow-outbound", &entry]);
+        let reply = get(server.addr, &path).await;
+        let expected = if allowed {
+            (StatusCode::OK, "Hello World\n")
+        } else {
+            (StatusCode::BAD_GATEWAY, "ErrorCode::HttpRequestDenied\n")
+        };
+        assert_eq!((reply.status, reply.text()), expected, "{entry}");
+    }
 }

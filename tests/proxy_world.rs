@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use wasi_http_server::guest::budget::HostBudget;
 use wasi_http_server::guest::state::{RequestState, Sandbox};
-use wasi_http_server::imports::http_hooks::OutboundTimeouts;
 use wasi_http_server::imports::keyvalue::Stores;
+use wasi_http_server::imports::outbound::{Outbound, OutboundTimeouts};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -23,10 +23,16 @@ async fn instantiate_with_proxy_world_only(name: &str) -> wasmtime::Result<()> {
         host: HostBudget::new(64 << 20, 32 << 10, 0).expect("a valid budget"),
         max_output: 1 << 20,
         allowed_outbound: Vec::new().into(),
-        outbound_timeouts: OutboundTimeouts {
-            connect: std::time::Duration::from_secs(5),
-            first_byte: std::time::Duration::from_secs(20),
-        },
+        outbound: Arc::new(
+            Outbound::new(
+                OutboundTimeouts {
+                    connect: std::time::Duration::from_secs(5),
+                    first_byte: std::time::Duration::from_secs(20),
+                },
+                None,
+            )
+            .expect("no CA file to read"),
+        ),
         env: Vec::new().into(),
         config: Default::default(),
         keyvalue: Arc::new(Stores::none()),

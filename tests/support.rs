@@ -94,6 +94,9 @@ pub struct Launch {
     /// Start the server with this soft limit on open files (the hard limit
     /// stays), as most Linux systems and containers do (1024).
     pub fd_soft_limit: Option<u64>,
+    /// Listen here instead of on a free port (a load balancer's fixed
+    /// backend address).
+    pub addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -129,7 +132,12 @@ impl Server {
             .env("XDG_CACHE_HOME", test_cache_home())
             .envs(env.iter().copied())
             .arg(path)
-            .args(["--addr", "127.0.0.1:0"])
+            .args([
+                "--addr".to_string(),
+                launch
+                    .addr
+                    .map_or("127.0.0.1:0".to_string(), |addr| addr.to_string()),
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -712,6 +720,107 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A port no one listens on now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Runs openssl with `args` (split at spaces) in `dir` and expects it to
+/// succeed.
+pub fn openssl(dir: &std::path::Path, args: &str) {
+    let made = Command::new("openssl")
+        .current_dir(dir)
+        .args(args.split_whitespace())
+        .output()
+        .expect("running openssl");
+    assert!(
+        made.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A new P-256 key in `dir`/`NAME`-key.pem and a request for a certificate
+/// of `subject` (no spaces) in `dir`/`NAME`.csr.
+pub fn key_and_request(dir: &std::path::Path, name: &str, subject: &str) {
+    openssl(
+        dir,
+        &format!(
+            "req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj {subject} \
+             -keyout {name}-key.pem -out {name}.csr"
+        ),
+    );
+}
+
+/// A certificate authority of the test's own, made by openssl in a folder
+/// of its own (`ca.pem`, `ca-key.pem`), that issues certificates there.
+pub struct TestCa {
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let dir = temp_dir(name);
+        openssl(
+            &dir,
+            &format!(
+                "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+                 -subj /CN={name} -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign -keyout ca-key.pem -out ca.pem"
+            ),
+        );
+        Self { dir }
+    }
+
+    /// The path of `name` in the CA's folder.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+
+    /// `NAME.pem` and `NAME-key.pem`: a client certificate for
+    /// `/O=Example/CN=NAME`.
+    pub fn issue_client(&self, name: &str) {
+        self.issue(
+            name,
+            &format!("/O=Example/CN={name}"),
+            "extendedKeyUsage=clientAuth",
+        );
+    }
+
+    /// `NAME.pem` and `NAME-key.pem`: a server certificate for 127.0.0.1.
+    pub fn issue_server(&self, name: &str) {
+        self.issue(
+            name,
+            "/CN=localhost",
+            "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1",
+        );
+    }
+
+    fn issue(&self, name: &str, subject: &str, extensions: &str) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            self.dir.join(&ext),
+            format!("basicConstraints=critical,CA:FALSE\n{extensions}\n"),
+        )
+        .unwrap();
+        key_and_request(&self.dir, name, subject);
+        openssl(
+            &self.dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+                 -days 2 -extfile {ext} -out {name}.pem"
+            ),
+        );
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A redis-server of our own on a free loopback port, with nothing saved to

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{RawClient, Server, run_to_exit};
+use e2e::{RawClient, Server, TestCa, key_and_request, openssl, run_to_exit};
 
 /// A self-signed certificate for 127.0.0.1 and its key, made by openssl in
 /// a folder of the test's own.
@@ -14,6 +14,30 @@ struct Certificate {
 }
 
 impl Certificate {
+    /// A certificate for 127.0.0.1 valid only from `start` to `end`
+    /// (`YYYYMMDDHHMMSSZ`), made with `openssl ca`, which takes any dates.
+    fn dated(name: &str, start: &str, end: &str) -> Self {
+        let dir = e2e::temp_dir(name);
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = dated\n[dated]\ndatabase = index.txt\nnew_certs_dir = .\n\
+             serial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "01\n").unwrap();
+        key_and_request(&dir, "server", "/CN=localhost");
+        std::fs::rename(dir.join("server-key.pem"), dir.join("key.pem")).unwrap();
+        openssl(
+            &dir,
+            &format!(
+                "ca -batch -selfsign -notext -config ca.cnf -keyfile key.pem -in server.csr \
+                 -startdate {start} -enddate {end} -out cert.pem"
+            ),
+        );
+        Self { dir }
+    }
+
     fn new(name: &str) -> Self {
         let dir = e2e::temp_dir(name);
         let made = Command::new("openssl")
@@ -159,55 +183,91 @@ async fn a_stalled_handshake_is_closed() {
     );
 }
 
-/// Bad certificate or key files fail the start with one `error:` line
-/// naming the file and what is wrong, before the server listens.
+/// Bad certificate, key or client CA files fail the start with one
+/// `error:` line naming the file and what is wrong, before the server
+/// listens.
 #[test]
 fn bad_tls_files_fail_at_startup() {
     let certificate = Certificate::new("tls-bad");
     let other = Certificate::new("tls-bad-other");
+    let expired = Certificate::dated("tls-bad-expired", "20200101000000Z", "20200201000000Z");
+    let future = Certificate::dated("tls-bad-future", "20990101000000Z", "20990201000000Z");
     let hello = e2e::component("hello");
     let (cert, key) = (certificate.cert(), certificate.key());
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let other_key = other.key();
     let missing = certificate.dir.join("missing.pem");
-    let cases: [(&str, &str, String); 4] = [
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    let cases: Vec<(String, String, Option<&str>, String)> = vec![
         (
-            hello.to_str().unwrap(),
-            key,
+            path(hello.clone()),
+            key.into(),
+            None,
             format!("--tls-cert {}: no certificate in it", hello.display()),
         ),
         (
-            cert,
-            cert,
+            cert.into(),
+            cert.into(),
+            None,
             format!("--tls-key {cert}: no private key in PEM"),
         ),
         (
-            cert,
-            other_key.to_str().unwrap(),
+            cert.into(),
+            path(other_key.clone()),
+            None,
             format!(
                 "--tls-key {} does not go with --tls-cert {cert}",
                 other_key.display()
             ),
         ),
         (
-            missing.to_str().unwrap(),
-            key,
+            path(missing.clone()),
+            key.into(),
+            None,
             format!("--tls-cert {}: No such file", missing.display()),
         ),
+        (
+            path(expired.cert()),
+            path(expired.key()),
+            None,
+            format!(
+                "--tls-cert {}: expired on Feb  1 00:00:00 2020",
+                expired.cert().display()
+            ),
+        ),
+        (
+            path(future.cert()),
+            path(future.key()),
+            None,
+            format!(
+                "--tls-cert {}: not valid before Jan  1 00:00:00 2099",
+                future.cert().display()
+            ),
+        ),
+        (
+            cert.into(),
+            key.into(),
+            Some(key),
+            format!("--tls-client-ca {key}: no certificate in it"),
+        ),
     ];
-    for (cert, key, expected) in cases {
+    for (cert, key, client_ca, expected) in cases {
         for processes in ["1", "2"] {
-            let failed = run_to_exit(&[
+            let mut args = vec![
                 hello.to_str().unwrap(),
                 "--addr",
                 "127.0.0.1:0",
                 "--processes",
                 processes,
                 "--tls-cert",
-                cert,
+                &cert,
                 "--tls-key",
-                key,
-            ]);
+                &key,
+            ];
+            if let Some(ca) = client_ca {
+                args.extend(["--tls-client-ca", ca]);
+            }
+            let failed = run_to_exit(&args);
             assert!(!failed.status.success());
             assert!(failed.stdout.is_empty(), "{}", failed.stdout);
             let errors: Vec<&str> = failed
@@ -223,6 +283,78 @@ fn bad_tls_files_fail_at_startup() {
             );
         }
     }
+}
+
+/// `--tls-client-ca`: a client with a certificate the CA issued is served,
+/// and the guest sees its verified subject in the operator's header, never
+/// the client's own copy of that header, and the scheme `https`; a client without a certificate,
+/// or with one from another CA, fails its handshake.
+#[test]
+fn mutual_tls_accepts_the_cas_clients_only_and_names_them_to_the_guest() {
+    let certificate = Certificate::new("mtls-server");
+    let clients = TestCa::new("mtls-clients");
+    clients.issue_client("alice");
+    let rogue = TestCa::new("mtls-rogue");
+    rogue.issue_client("mallory");
+    let (cert, key, ca) = (
+        certificate.cert(),
+        certificate.key(),
+        clients.file("ca.pem"),
+    );
+    let server = Server::start(
+        "testbed",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-ca",
+            &ca,
+            "--tls-client-subject-header",
+            "x-client-subject",
+        ],
+    );
+    let request = |client: Option<&str>| {
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&cert)
+            .args(["-H", "x-client-subject: CN=admin"]);
+        if let Some(client) = client {
+            let issuer = if client == "alice" { &clients } else { &rogue };
+            command
+                .args(["--cert", &issuer.file(&format!("{client}.pem"))])
+                .args(["--key", &issuer.file(&format!("{client}-key.pem"))]);
+        }
+        let out = command
+            .arg(format!("https://127.0.0.1:{}/request", server.addr.port()))
+            .output()
+            .expect("running curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (served, seen, err) = request(Some("alice"));
+    assert!(served, "{err}");
+    assert!(seen.contains("scheme Some(Scheme::Https)\n"), "{seen}");
+    let subjects: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.starts_with("header x-client-subject:"))
+        .collect();
+    assert_eq!(
+        subjects,
+        ["header x-client-subject: O=Example, CN=alice"],
+        "{seen}"
+    );
+    for client in [None, Some("mallory")] {
+        let (served, seen, _) = request(client);
+        assert!(!served, "{client:?} was served: {seen}");
+        assert!(!seen.contains("header"), "{client:?}: {seen}");
+    }
+    let (served, _, err) = request(Some("alice"));
+    assert!(served, "{err}");
 }
 
 /// A TLS connection to `addr` that trusts only the certificate at `ca`.

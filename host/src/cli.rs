@@ -154,6 +154,19 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// With `--tls-cert`: mutual TLS. Every client must present a
+    /// certificate issued by one of the CAs in this PEM file; a client
+    /// without one fails its handshake.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With `--tls-client-ca`: the request header that carries the subject
+    /// of the client's verified certificate to the guest (`O=Example,
+    /// CN=alice`). The server sets it on every request and drops any copy
+    /// the client sent, so a guest can trust it.
+    #[arg(long, value_name = "NAME", requires = "tls_client_ca")]
+    pub tls_client_subject_header: Option<hyper::header::HeaderName>,
+
     /// With `--tls-cert`: time a client has to complete the TLS handshake.
     /// A client that connects and sends nothing (or half a ClientHello) is
     /// closed then; a real handshake takes a few round trips.
@@ -254,6 +267,11 @@ pub struct Cli {
         value_name = "HOST[:PORT]|SCHEME://HOST[:PORT]"
     )]
     pub allow_outbound: Vec<Destination>,
+
+    /// CA certificates (PEM) that outbound HTTPS trusts besides the
+    /// system's: for upstreams with certificates from a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub outbound_ca: Option<PathBuf>,
 
     /// Longest a guest's outbound request waits for its TCP connection. A
     /// guest may ask for less (`request-options`), not more. Without it an

@@ -19,8 +19,9 @@ use crate::guest::link;
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
 use crate::http::{self, SERVER_RUNNING, Workers, fd_limit};
-use crate::imports::http_hooks::{MAX_OUTBOUND, OutboundTimeouts};
+use crate::imports::http_hooks::MAX_OUTBOUND;
 use crate::imports::keyvalue;
+use crate::imports::outbound::{Outbound, OutboundTimeouts};
 use crate::ops::reload::{self, Reloader, Source};
 use crate::ops::{admin, link as supervisor_link, shutdown};
 
@@ -287,10 +288,13 @@ impl Settings {
                 host,
                 max_output: bytes(cli.max_guest_output),
                 allowed_outbound: cli.allow_outbound.clone().into(),
-                outbound_timeouts: OutboundTimeouts {
-                    connect: cli.outbound_connect_timeout,
-                    first_byte: cli.outbound_first_byte_timeout,
-                },
+                outbound: Arc::new(Outbound::new(
+                    OutboundTimeouts {
+                        connect: cli.outbound_connect_timeout,
+                        first_byte: cli.outbound_first_byte_timeout,
+                    },
+                    cli.outbound_ca.as_deref(),
+                )?),
                 env: cli.env.clone().into(),
                 config: Arc::new(cli.config.iter().cloned().collect()),
                 keyvalue: Arc::new(stores),
@@ -317,11 +321,13 @@ impl Settings {
                 shutdown_timeout: cli.shutdown_timeout,
                 tls: match (&cli.tls_cert, &cli.tls_key) {
                     (Some(cert), Some(key)) => {
-                        let (acceptor, certificate) = http::tls::acceptor(cert, key)?;
+                        let (acceptor, certificate) =
+                            http::tls::acceptor(cert, key, cli.tls_client_ca.as_deref())?;
                         Some(http::Tls {
                             acceptor,
                             certificate,
                             handshake_timeout: cli.tls_handshake_timeout,
+                            subject_header: cli.tls_client_subject_header.clone(),
                         })
                     }
                     _ => None,

@@ -14,8 +14,8 @@ use wasi_http_server::guest::budget::HostBudget;
 use wasi_http_server::guest::link;
 use wasi_http_server::guest::runner::{RequestLimits, Runner};
 use wasi_http_server::guest::state::Sandbox;
-use wasi_http_server::imports::http_hooks::OutboundTimeouts;
 use wasi_http_server::imports::keyvalue::Stores;
+use wasi_http_server::imports::outbound::{Outbound, OutboundTimeouts};
 
 fn per_request(c: &mut Criterion) {
     let hello = concat!(
@@ -34,10 +34,16 @@ fn per_request(c: &mut Criterion) {
         host: HostBudget::new(64 << 20, 32 << 10, 0).expect("the default budget"),
         max_output: 256 << 10,
         allowed_outbound: Vec::new().into(),
-        outbound_timeouts: OutboundTimeouts {
-            connect: std::time::Duration::from_secs(5),
-            first_byte: std::time::Duration::from_secs(20),
-        },
+        outbound: Arc::new(
+            Outbound::new(
+                OutboundTimeouts {
+                    connect: std::time::Duration::from_secs(5),
+                    first_byte: std::time::Duration::from_secs(20),
+                },
+                None,
+            )
+            .expect("no CA file to read"),
+        ),
         env: Vec::new().into(),
         config: Default::default(),
         keyvalue: Arc::new(Stores::none()),

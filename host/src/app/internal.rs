@@ -29,7 +29,8 @@ impl Internal for App {
         let uri = request.uri().clone();
         let runner = self.routes.as_ref().and_then(|routes| {
             let matched = routes.find(uri.path())?;
-            matched.set_headers(request.headers_mut(), &uri, None);
+            let scheme = uri.scheme_str().unwrap_or("http");
+            matched.set_headers(request.headers_mut(), &uri, scheme, None);
             Some(self.runners[matched.component].clone())
         });
         Box::pin(async move {

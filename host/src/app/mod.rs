@@ -289,7 +289,8 @@ impl App {
             let response = response::plain(StatusCode::NOT_FOUND, "Not Found\n", None);
             return (response, None);
         };
-        matched.set_headers(request.headers_mut(), &uri, Some(client));
+        let scheme = crate::http::scheme_of(&request);
+        matched.set_headers(request.headers_mut(), &uri, scheme, Some(client));
         let served = matched.served().clone();
         let runner = &self.runners[matched.component];
         (runner.handle(request).await, Some(served))

@@ -177,12 +177,20 @@ impl Matched<'_, '_> {
     }
 
     /// Sets on `headers` what Spin tells a routed component about its
-    /// request, replacing any a client sent under those names.
-    pub fn set_headers(&self, headers: &mut HeaderMap, uri: &Uri, client: Option<SocketAddr>) {
+    /// request (which came with `scheme`), replacing any a client sent
+    /// under those names.
+    pub fn set_headers(
+        &self,
+        headers: &mut HeaderMap,
+        uri: &Uri,
+        scheme: &str,
+        client: Option<SocketAddr>,
+    ) {
         let spin = Spin {
             path_info: &self.path_info(),
             based: &self.target.based,
             raw: &self.target.raw,
+            scheme,
             client,
         };
         spin.set(headers, uri, self.captures.iter());
@@ -196,6 +204,7 @@ pub fn set_internal_headers(headers: &mut HeaderMap, uri: &Uri) {
         path_info: uri.path(),
         based: "/...",
         raw: "/...",
+        scheme: uri.scheme_str().unwrap_or("http"),
         client: None,
     };
     spin.set(headers, uri, std::iter::empty());
@@ -206,6 +215,7 @@ struct Spin<'a> {
     path_info: &'a str,
     based: &'a str,
     raw: &'a str,
+    scheme: &'a str,
     client: Option<SocketAddr>,
 }
 
@@ -230,7 +240,10 @@ impl Spin<'_> {
             }
         };
         set("spin-path-info", self.path_info);
-        set("spin-full-url", &format!("http://{host}{path_and_query}"));
+        set(
+            "spin-full-url",
+            &format!("{}://{host}{path_and_query}", self.scheme),
+        );
         set("spin-matched-route", self.based);
         set("spin-base-path", "/");
         set("spin-raw-component-route", self.raw);
@@ -378,7 +391,7 @@ mod tests {
         let uri: Uri = "/users/42/posts?x=1".parse().unwrap();
         headers.insert("host", "app.test:3000".parse().unwrap());
         headers.insert("spin-path-info", "forged by the client".parse().unwrap());
-        matched.set_headers(&mut headers, &uri, "127.0.0.1:5555".parse().ok());
+        matched.set_headers(&mut headers, &uri, "http", "127.0.0.1:5555".parse().ok());
         let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_string();
         assert_eq!(header("spin-path-match-id"), "42");
         assert_eq!(header("spin-path-info"), "/posts");

@@ -56,9 +56,13 @@ impl Kind for P2 {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let (head_sender, head) = oneshot::channel();
+        let scheme = match crate::http::scheme_of(&request) {
+            "https" => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let mut http = store.data_mut().http();
         let request = http
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(scheme, request)
             .map_err(|err| format!("{err}"))?;
         let response_out = http
             .new_response_outparam(head_sender)

@@ -65,16 +65,22 @@ impl Kind for P3 {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let scheme = match crate::http::scheme_of(&request) {
+            "https" => Scheme::HTTPS,
+            _ => Scheme::HTTP,
+        };
         let (mut parts, body) = request.into_parts();
-        if parts.uri.authority().is_none() {
-            let authority = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-                .ok_or("the request has neither an absolute URI nor a valid `Host` header")?;
+        if parts.uri.authority().is_none() || parts.uri.scheme() != Some(&scheme) {
             let mut uri = uri::Parts::from(parts.uri);
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(authority);
+            if uri.authority.is_none() {
+                let authority = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                    .ok_or("the request has neither an absolute URI nor a valid `Host` header")?;
+                uri.authority = Some(authority);
+            }
+            uri.scheme = Some(scheme);
             if uri.path_and_query.is_none() {
                 uri.path_and_query = Some(uri::PathAndQuery::from_static("/"));
             }

@@ -13,8 +13,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compile::pool::MAX_TABLE_ELEMENTS;
 use crate::imports::allowed::Destination;
-use crate::imports::http_hooks::{InternalHandle, OutboundPolicy, OutboundTimeouts};
+use crate::imports::http_hooks::{InternalHandle, OutboundPolicy};
 use crate::imports::keyvalue::{KeyValue, Stores, Ticket};
+use crate::imports::outbound::Outbound;
 use crate::imports::output::GuestOutput;
 use crate::imports::variables::{Config, Variables};
 
@@ -28,8 +29,10 @@ pub struct Sandbox {
     pub host: HostBudget,
     /// `--allow-outbound`: where the guest may send HTTP requests.
     pub allowed_outbound: Arc<[Destination]>,
-    /// `--outbound-connect-timeout` and `--outbound-first-byte-timeout`.
-    pub outbound_timeouts: OutboundTimeouts,
+    /// The serving process's pooled outbound client, with
+    /// `--outbound-connect-timeout`, `--outbound-first-byte-timeout` and
+    /// `--outbound-ca`.
+    pub outbound: Arc<Outbound>,
     /// `--max-guest-output`: bytes a request may write to stdout and stderr.
     pub max_output: usize,
     /// `--env`: the guest's whole environment.
@@ -97,7 +100,7 @@ impl RequestState {
             http,
             outbound: OutboundPolicy::new(
                 sandbox.allowed_outbound.clone(),
-                sandbox.outbound_timeouts,
+                sandbox.outbound.clone(),
                 sandbox.internal.clone(),
             ),
             limiter: MemoryLimiter::new(max_memory),

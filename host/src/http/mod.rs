@@ -51,6 +51,21 @@ pub struct Settings {
     pub tls: Option<Tls>,
 }
 
+/// Marks a request that came in over TLS: the guest is told its scheme is
+/// `https`, and otherwise `http`, whatever the client claimed (an absolute
+/// URI, or HTTP/2's `:scheme`), as the connection is what the server knows.
+#[derive(Clone, Copy, Debug)]
+pub struct Https;
+
+/// The scheme the client reached the server with.
+pub fn scheme_of<B>(request: &hyper::Request<B>) -> &'static str {
+    if request.extensions().get::<Https>().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Inbound TLS, from the command line.
 #[derive(Clone)]
 pub struct Tls {
@@ -59,6 +74,8 @@ pub struct Tls {
     pub certificate: Arc<tls::Certificate>,
     /// `--tls-handshake-timeout`.
     pub handshake_timeout: Duration,
+    /// `--tls-client-subject-header`.
+    pub subject_header: Option<hyper::header::HeaderName>,
 }
 
 impl std::fmt::Debug for Tls {

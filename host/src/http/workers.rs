@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use hyper::Request;
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -138,10 +139,84 @@ fn serve_connection(
         }
     };
     let activity = Activity::new();
-    let app = app.clone();
+    let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
+    let Some(tls) = &settings.tls else {
+        let service = service(
+            app.clone(),
+            &activity,
+            settings.access_log,
+            peer,
+            None,
+            false,
+        );
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            watch(connection, activity, peer, idle_timeout, write_timeout).await;
+        });
+        return;
+    };
+    // The handshake runs on the connection's task: a client that sends
+    // nothing, or half a ClientHello, holds its connection slot only for
+    // `--tls-handshake-timeout`.
+    let (acceptor, handshake_timeout) = (tls.acceptor.clone(), tls.handshake_timeout);
+    let subject_header = tls.subject_header.clone();
+    let (app, access_log) = (app.clone(), settings.access_log);
+    let (http, graceful) = (http.clone(), graceful.watcher());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return debug!(%peer, "TLS handshake failed: {err}"),
+            Err(_) => {
+                return debug!(%peer, "TLS handshake not done within --tls-handshake-timeout ({handshake_timeout:?}); closed");
+            }
+        };
+        let subject = subject_header.map(|name| {
+            let subject = super::tls::client_subject(stream.get_ref().1);
+            (name, subject.and_then(|s| HeaderValue::try_from(s).ok()))
+        });
+        let service = service(app, &activity, access_log, peer, subject, true);
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        watch(connection, activity, peer, idle_timeout, write_timeout).await;
+    });
+}
+
+/// The service of one connection. `subject`: the header
+/// `--tls-client-subject-header` names and the verified client certificate's
+/// subject, set on every request in place of anything the client sent under
+/// that name; `https`: the connection is TLS.
+fn service(
+    app: Arc<Current>,
+    activity: &Arc<Activity>,
+    access_log: bool,
+    peer: SocketAddr,
+    subject: Option<(HeaderName, Option<HeaderValue>)>,
+    https: bool,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<ClientBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<hyper::Response<ClientBody>, Infallible>> + Send + 'static,
+> + Send
++ 'static {
     let watched = activity.clone();
-    let access_log = settings.access_log;
-    let service = service_fn(move |request: Request<Incoming>| {
+    service_fn(move |mut request: Request<Incoming>| {
+        if https {
+            request.extensions_mut().insert(super::Https);
+        }
+        if let Some((name, value)) = &subject {
+            request.headers_mut().remove(name);
+            if let Some(value) = value {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
         // What is served now: a reload of the manifest swaps it, and a
         // request keeps the one it started with.
         let app = app.load_full();
@@ -161,39 +236,7 @@ fn serve_connection(
             };
             Ok::<_, Infallible>(response.map(|body| ClientBody::new(body, in_flight, end)))
         })
-    });
-    let (idle_timeout, write_timeout) = (settings.idle_timeout, settings.write_timeout);
-    let Some(tls) = &settings.tls else {
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _permit = permit;
-            watch(connection, activity, peer, idle_timeout, write_timeout).await;
-        });
-        return;
-    };
-    // The handshake runs on the connection's task: a client that sends
-    // nothing, or half a ClientHello, holds its connection slot only for
-    // `--tls-handshake-timeout`.
-    let (acceptor, handshake_timeout) = (tls.acceptor.clone(), tls.handshake_timeout);
-    let (http, graceful) = (http.clone(), graceful.watcher());
-    tokio::spawn(async move {
-        let _permit = permit;
-        let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return debug!(%peer, "TLS handshake failed: {err}"),
-            Err(_) => {
-                return debug!(%peer, "TLS handshake not done within --tls-handshake-timeout ({handshake_timeout:?}); closed");
-            }
-        };
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        watch(connection, activity, peer, idle_timeout, write_timeout).await;
-    });
+    })
 }
 
 /// Runs `connection` until it ends, or its watchdog closes it.

@@ -7,12 +7,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
 
 use hyper::http::{HeaderName, Request, Response, header};
 use tracing::warn;
 
 use super::allowed::{Destination, SELF_HOSTS};
+use super::outbound::Outbound;
 use crate::metrics::METRICS;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
@@ -63,37 +63,14 @@ pub type InternalCall = Pin<Box<dyn Future<Output = Response<WasiBody>> + Send>>
 /// built (its components' sandboxes are built before it).
 pub type InternalHandle = Arc<OnceLock<Weak<dyn Internal>>>;
 
-/// The operator's caps on how long an outbound request waits (see the
-/// flags `--outbound-connect-timeout` and `--outbound-first-byte-timeout`).
-#[derive(Clone, Copy, Debug)]
-pub struct OutboundTimeouts {
-    pub connect: Duration,
-    pub first_byte: Duration,
-}
-
-impl OutboundTimeouts {
-    /// The guest's `request-options`, each timeout capped by the
-    /// operator's (and set to it where the guest set none).
-    fn cap(self, asked: Option<RequestOptions>) -> RequestOptions {
-        let asked = asked.unwrap_or_default();
-        let cap =
-            |asked: Option<Duration>, most: Duration| Some(asked.map_or(most, |a| a.min(most)));
-        RequestOptions {
-            connect_timeout: cap(asked.connect_timeout, self.connect),
-            first_byte_timeout: cap(asked.first_byte_timeout, self.first_byte),
-            between_bytes_timeout: asked.between_bytes_timeout,
-        }
-    }
-}
-
 /// The wasi-http hooks of one request: the outbound allow-list, at most
-/// [`MAX_OUTBOUND`] outbound requests in flight, the operator's timeouts,
-/// and body buffers of [`BODY_CHUNK`]s; everything else is
+/// [`MAX_OUTBOUND`] outbound requests in flight, sent by the process's
+/// pooled client, and body buffers of [`BODY_CHUNK`]s; everything else is
 /// wasmtime-wasi-http's default.
 pub struct OutboundPolicy {
     /// Shared by every request; built once from the command line.
     allowed: Arc<[Destination]>,
-    timeouts: OutboundTimeouts,
+    client: Arc<Outbound>,
     /// The application, for requests to `NAME.spin.internal`.
     internal: Option<InternalHandle>,
     /// Outbound requests in flight, created with the first one so that
@@ -104,12 +81,12 @@ pub struct OutboundPolicy {
 impl OutboundPolicy {
     pub fn new(
         allowed: Arc<[Destination]>,
-        timeouts: OutboundTimeouts,
+        client: Arc<Outbound>,
         internal: Option<InternalHandle>,
     ) -> Self {
         Self {
             allowed,
-            timeouts,
+            client,
             internal,
             in_flight: None,
         }
@@ -161,8 +138,8 @@ impl WasiHttpHooks for OutboundPolicy {
             METRICS.outbound_denied();
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
-        // Each clone of the counter is one request in flight; its connection
-        // task holds it until the connection is done.
+        // Each clone of the counter is one request in flight, held until
+        // the guest drops its response (or the call fails).
         let in_flight = self.in_flight.get_or_insert_with(Arc::default).clone();
         if Arc::strong_count(&in_flight) > MAX_OUTBOUND + 1 {
             warn!(uri = %request.uri(), "outbound request refused: the guest already has {MAX_OUTBOUND} in flight");
@@ -198,45 +175,13 @@ impl WasiHttpHooks for OutboundPolicy {
                 ))
             });
         }
-        let options = self.timeouts.cap(options);
+        let client = self.client.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            let io = async move {
-                let _in_flight = in_flight;
-                io.await
-            };
+            let response = client.send(request, options, in_flight).await?;
             Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const OPERATOR: OutboundTimeouts = OutboundTimeouts {
-        connect: Duration::from_secs(5),
-        first_byte: Duration::from_secs(20),
-    };
-
-    #[test]
-    fn the_operator_caps_a_guests_timeouts() {
-        let none = OPERATOR.cap(None);
-        assert_eq!(none.connect_timeout, Some(Duration::from_secs(5)));
-        assert_eq!(none.first_byte_timeout, Some(Duration::from_secs(20)));
-        assert_eq!(none.between_bytes_timeout, None);
-        let asked = OPERATOR.cap(Some(RequestOptions {
-            connect_timeout: Some(Duration::from_secs(1)),
-            first_byte_timeout: Some(Duration::from_secs(600)),
-            between_bytes_timeout: Some(Duration::from_secs(7)),
-        }));
-        assert_eq!(asked.connect_timeout, Some(Duration::from_secs(1)));
-        assert_eq!(asked.first_byte_timeout, Some(Duration::from_secs(20)));
-        assert_eq!(asked.between_bytes_timeout, Some(Duration::from_secs(7)));
     }
 }

@@ -5,6 +5,7 @@
 pub mod allowed;
 pub mod http_hooks;
 pub mod keyvalue;
+pub mod outbound;
 pub mod output;
 pub mod spin_only;
 pub mod variables;

@@ -20,7 +20,7 @@
 //! | `/stream?chunks=N&ms=M` | sends N chunks, M ms apart |
 //! | `/loop` | spins forever without calling the host |
 //! | `/alloc?mb=N` | allocates and touches N MiB, 1 MiB at a time, then answers |
-//! | `/outbound?authority=HOST:PORT` | GETs `http://HOST:PORT/` and answers with its body, or 502 and the wasi:http error |
+//! | `/outbound?authority=HOST:PORT&scheme=S` | GETs `S://HOST:PORT/` (`http` unless S is `https`) and answers with its body, or 502 and the wasi:http error |
 //! | `/big?kb=N` | answers with N KiB of `x`, written 4 KiB at a time |
 //! | `/hoard?fields=N&kb=K` | builds N header sets of K KiB each and keeps them all, then answers how many it got (traps when the host refuses one) |
 //! | `/set-method?len=N` | gives an outgoing request a method of N letters and answers `accepted` or `refused` |
@@ -217,7 +217,11 @@ impl Guest for Testbed {
             }
             "/outbound" => {
                 let authority: String = query_param(query, "authority").unwrap_or_default();
-                match fetch(&authority) {
+                let scheme = match query_param::<String>(query, "scheme").as_deref() {
+                    Some("https") => Scheme::Https,
+                    _ => Scheme::Http,
+                };
+                match fetch_url(&scheme, &authority, "/") {
                     Ok(body) => respond(response_out, &body),
                     Err(err) => respond_with(response_out, 502, format!("{err}\n").as_bytes()),
                 }
@@ -321,18 +325,16 @@ fn read_body(body: IncomingBody) -> Vec<u8> {
     bytes
 }
 
-/// `GET http://{authority}/` through `wasi:http/outgoing-handler`; the error
-/// is the wasi:http error code, printed.
-fn fetch(authority: &str) -> Result<Vec<u8>, String> {
-    fetch_path(authority, "/")
+/// `GET http://{authority}{path}`, as [`fetch_url`].
+fn fetch_path(authority: &str, path: &str) -> Result<Vec<u8>, String> {
+    fetch_url(&Scheme::Http, authority, path)
 }
 
-/// `GET http://{authority}{path}`, as [`fetch`].
-fn fetch_path(authority: &str, path: &str) -> Result<Vec<u8>, String> {
+/// `GET {scheme}://{authority}{path}` through `wasi:http/outgoing-handler`;
+/// the error is the wasi:http error code, printed.
+fn fetch_url(scheme: &Scheme, authority: &str, path: &str) -> Result<Vec<u8>, String> {
     let request = OutgoingRequest::new(Fields::new());
-    request
-        .set_scheme(Some(&Scheme::Http))
-        .expect("valid scheme");
+    request.set_scheme(Some(scheme)).expect("valid scheme");
     request
         .set_authority(Some(authority))
         .map_err(|()| format!("bad authority {authority:?}"))?;
