@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,20 @@ def many_routes_app(routes):
     return path
 
 
+def tls_pair():
+    """A self-signed certificate and key for 127.0.0.1 in target/bench-tools."""
+    folder = os.path.join(ROOT, "target/bench-tools/tls")
+    os.makedirs(folder, exist_ok=True)
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-days", "30", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-addext", "basicConstraints=critical,CA:FALSE", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,7 +78,9 @@ def free_port():
 
 def answers_200(url):
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        # The TLS row's certificate is self-signed: readiness only.
+        insecure = ssl._create_unverified_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(url, timeout=1, context=insecure) as response:
             return response.status == 200
     except OSError:
         return False
@@ -72,8 +89,9 @@ def answers_200(url):
 class Server:
     """One server under test: how to start it on a given port."""
 
-    def __init__(self, name, argv, env=None, ours=None, ours_processes=None, path="/"):
+    def __init__(self, name, argv, env=None, ours=None, ours_processes=None, path="/", scheme="http"):
         self.name, self.argv, self.env, self.path = name, argv, env or {}, path
+        self.scheme = scheme
         # The rows of ours this one is compared with: the same component,
         # served by one process and with --processes.
         self.ours, self.ours_processes = ours, ours_processes
@@ -90,7 +108,7 @@ class Server:
     def start(self):
         """Starts the server and returns seconds from spawn to its first 200."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{self.path}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}{self.path}"
         started = time.perf_counter()
         self.process = subprocess.Popen(
             self.command(self.port),
@@ -233,6 +251,16 @@ def main():
     ours_app = Server("ours, the hello as `/` of spin.toml", [ours_bin, app, "--addr", "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n)
     routes_100 = many_routes_app(100)
     ours_100 = Server("ours, the hello as 1 of 100 routes", [ours_bin, routes_100, "--addr", "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n, path="/r50/7/x")
+    # The hello over TLS (keep-alive, so the handshake is paid once per
+    # connection): what rustls costs per request.
+    cert, key = tls_pair()
+    ours_tls = Server(
+        "ours, the hello over TLS",
+        [ours_bin, HELLO, "--addr", "127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key],
+        ours=ours,
+        ours_processes=ours_n,
+        scheme="https",
+    )
     node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours, ours_processes=ours_n)
     servers = [
         ours,
@@ -245,6 +273,7 @@ def main():
         ours_py_n,
         ours_app,
         ours_100,
+        ours_tls,
         Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n),
         node,
     ]
