@@ -300,6 +300,22 @@ pub struct Failed {
     pub stderr: String,
 }
 
+impl Failed {
+    /// The one `error:` line the server printed, having failed: asserts
+    /// there is exactly one, and that it never said it was serving.
+    pub fn the_error(&self) -> &str {
+        assert!(!self.status.success(), "{}", self.stderr);
+        assert!(!self.stdout.contains("Server running"), "{}", self.stdout);
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|line| line.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", self.stderr);
+        errors[0]
+    }
+}
+
 /// Runs the server with `args` and expects it to exit by itself.
 pub fn run_to_exit(args: &[&str]) -> Failed {
     let mut child = Command::new(server_binary())
