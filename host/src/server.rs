@@ -18,7 +18,7 @@ use crate::guest::budget::HostBudget;
 use crate::guest::link;
 use crate::guest::runner::{RequestLimits, Runner};
 use crate::guest::state::Sandbox;
-use crate::http::{self, SERVER_RUNNING, Workers, fd_limit};
+use crate::http::{self, Workers, fd_limit};
 use crate::imports::http_hooks::MAX_OUTBOUND;
 use crate::imports::keyvalue;
 use crate::imports::outbound::{Outbound, OutboundTimeouts};
@@ -124,11 +124,10 @@ pub fn run(settings: Settings, role: Role, runtime: &Runtime) -> Result<()> {
     } else {
         "http"
     };
-    println!("{SERVER_RUNNING}{scheme}://{}/", listener.local_addr()?);
-    if let Some(admin) = admin {
-        admin::announce(admin);
-    }
+    // Ready before the lines that say so: whoever reads them may ask
+    // `/readyz` at once (the listener is bound and the workers run).
     admin::set_started();
+    http::announce(scheme, listener.local_addr()?, admin);
     // A serving process also stops when its supervisor is gone.
     let orphaned = match role {
         Role::Serving { .. } => supervisor_link::answer_supervisor(),

@@ -26,6 +26,21 @@ pub use workers::Workers;
 /// scripts, tests and the supervisor wait for it.
 pub const SERVER_RUNNING: &str = "Server running at ";
 
+/// Says on stdout where the server listens, and where its admin endpoint
+/// does: one write, and its failure ignored, as a reader that closed our
+/// stdout (a supervisor that read the first line) must not stop the server.
+pub fn announce(scheme: &str, addr: std::net::SocketAddr, admin: Option<std::net::SocketAddr>) {
+    use std::io::Write;
+    let mut lines = format!("{SERVER_RUNNING}{scheme}://{addr}/\n");
+    if let Some(admin) = admin {
+        lines.push_str(&format!("Admin endpoint at http://{admin}/\n"));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(lines.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 /// How connections are served, as the command line sets it.
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -85,12 +85,6 @@ pub fn bind(addr: Option<SocketAddr>) -> anyhow::Result<Option<std::net::TcpList
     Ok(Some(listener))
 }
 
-/// Says where the admin endpoint is: the line after "Server running" on
-/// stdout.
-pub fn announce(addr: SocketAddr) {
-    println!("Admin endpoint at http://{addr}/");
-}
-
 /// Serves the admin endpoint on `listener`, on a thread of its own with its
 /// own event loop, until the process exits. Started before the component
 /// loads, so that `/readyz` says "starting" meanwhile rather than leaving a

@@ -171,11 +171,10 @@ pub async fn run(plan: Plan) -> Result<()> {
         }
     };
     let scheme = if https { "https" } else { "http" };
-    println!("{SERVER_RUNNING}{scheme}://{addr}/");
-    if let Some(admin) = admin {
-        admin::announce(admin);
-    }
+    // Ready before the lines that say so: whoever reads them may ask
+    // `/readyz` at once.
     admin::set_started();
+    http::announce(scheme, addr, admin);
     processes.run(shutdown, hangup).await;
     Ok(())
 }
