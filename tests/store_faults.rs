@@ -162,6 +162,47 @@ async fn a_locked_sqlite_file_commits_nothing_behind_the_clients_back() {
     assert_eq!(get(server.addr, "/get?key=after").await.text(), "v");
 }
 
+/// A write that waits for a lock another process holds is given up before
+/// the request's deadline, with time left for the guest to answer its
+/// client itself: the client gets the guest's whole 503 with the store's
+/// error, not a 504, nor a response the deadline cut off mid-body (which a
+/// store giving up at the deadline itself made a race), and the write is
+/// never committed.
+#[tokio::test]
+async fn a_guest_kept_waiting_by_a_lock_answers_before_its_deadline() {
+    let dir = temp_dir("sqlite-margin");
+    let path = dir.join("kv.sqlite3");
+    let url = format!("sqlite:{}", path.display());
+    let server = Server::start(GUEST, &["--keyvalue", &url, "--request-timeout", "2s"]);
+    assert_eq!(get(server.addr, "/count").await.text(), "1");
+    let lock = LockHolder::lock(&path);
+    for n in 0..3 {
+        let asked = Instant::now();
+        let reply = Conn::http1(server.addr)
+            .await
+            .send("POST", &format!("/set?key=margin{n}"), "v")
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(reply.text().starts_with("error: "), "{}", reply.text());
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    drop(lock);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sqlite(&path, "SELECT count(*) FROM kv WHERE key LIKE 'margin%'"),
+        "0"
+    );
+}
+
 /// SIGTERM while a write waits for a lock another process holds: the server
 /// exits within `--shutdown-timeout`, whatever the store does, and the write
 /// is not committed.

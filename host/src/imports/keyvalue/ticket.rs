@@ -2,16 +2,26 @@
 //! waits for them, and which of its writes are committing.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The end of a request's time that its key-value calls leave to the guest:
+/// a call still waiting for a lock gives up this much before the deadline,
+/// so the guest, told the store is busy, answers its client itself (a whole
+/// 503) instead of being cut off by the deadline in the middle of that
+/// answer. A quarter of the request's time, at most a second: a guest needs
+/// microseconds to answer, a loaded machine some milliseconds to run it.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// One request's side of its key-value calls: until when they may run, and
 /// whether a write of it is committing. A write commits only while its
-/// request still waits for it (not abandoned, deadline not passed), and the
+/// request still waits for it (not abandoned, and short of the margin
+/// its deadline leaves the guest), and the
 /// request's answer after its deadline waits for a commit that had already
 /// begun ([`Ticket::settled`]): so a client told its request failed never
 /// sees a write of it land later.
 pub struct Ticket {
-    deadline: Instant,
+    /// Until when calls may run: the request's deadline less its margin.
+    calls_until: Instant,
     /// Set when the guest's call went away mid-call (its client left, or it
     /// was evicted).
     abandoned: AtomicBool,
@@ -22,9 +32,12 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The ticket of a request starting now that must be answered by
+    /// `deadline`.
     pub fn new(deadline: Instant) -> Self {
+        let time = deadline.saturating_duration_since(Instant::now());
         Self {
-            deadline,
+            calls_until: deadline - (time / 4).min(ANSWER_MARGIN),
             abandoned: AtomicBool::new(false),
             committing: AtomicUsize::new(0),
             committed: tokio::sync::Notify::new(),
@@ -33,7 +46,7 @@ impl Ticket {
 
     /// Whether the request still waits for its calls.
     pub(super) fn waiting(&self) -> bool {
-        !self.abandoned.load(Ordering::SeqCst) && Instant::now() < self.deadline
+        !self.abandoned.load(Ordering::SeqCst) && Instant::now() < self.calls_until
     }
 
     /// Marks the request abandoned if the returned guard is dropped before
