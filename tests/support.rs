@@ -318,8 +318,14 @@ impl Failed {
 
 /// Runs the server with `args` and expects it to exit by itself.
 pub fn run_to_exit(args: &[&str]) -> Failed {
+    run_to_exit_with_env(args, &[])
+}
+
+/// [`run_to_exit`] with `env` added to the server's environment.
+pub fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> Failed {
     let mut child = Command::new(server_binary())
         .env("XDG_CACHE_HOME", test_cache_home())
+        .envs(env.iter().copied())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

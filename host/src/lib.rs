@@ -10,8 +10,9 @@
 //! fresh instance (slots, the store, the guest's task, request and response
 //! bodies, the one place WASI 0.2 and 0.3 differ); [`imports`] is what
 //! guests call (outbound HTTP, output, key-value); [`compile`] is done once
-//! per component (engines, pool shape, compile cache). [`metrics`] and
-//! [`log`] are used by all of them; [`cli`] is every flag.
+//! per component (engines, pool shape, compile cache). [`metrics`],
+//! [`log`] and [`trace`] (OpenTelemetry) are used by all of them; [`cli`]
+//! is every flag.
 
 pub mod app;
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod server;
+pub mod trace;

@@ -14,12 +14,16 @@ use std::sync::{LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
 use tracing::{Event, Span, Subscriber};
+
+use crate::trace;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Log lines waiting for stderr. When stderr falls this far behind, new
 /// lines are dropped instead of making the server wait: at most
@@ -45,48 +49,66 @@ static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
 static TEXT_PREFIX: OnceLock<String> = OnceLock::new();
 
 /// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default
-/// `info`). Lines are written by a thread of their own: a stderr nobody
+/// `info`), and, with `traces`, the OpenTelemetry layer beside it (the log
+/// never shows the trace spans, nor the traces the log's events below
+/// warnings). Lines are written by a thread of their own: a stderr nobody
 /// reads fills its pipe, and a worker that wrote to it directly would stop
-/// serving. The guard flushes what is queued when dropped.
+/// serving. The guards flush what is queued when dropped.
 ///
 /// A supervisor's serving processes all write to its stderr, so each line
 /// of serving process `process` says which it is, and its pid (which `ps`,
 /// `kill` and the kernel's own messages use): `process=1 pid=4242` after a
 /// text line's time, `"process":1,"pid":4242` first in a JSON object.
-pub fn init(format: LogFormat, process: Option<usize>) -> WorkerGuard {
+pub fn init(
+    format: LogFormat,
+    process: Option<usize>,
+    traces: Option<trace::Settings>,
+) -> (WorkerGuard, anyhow::Result<Option<trace::Guard>>) {
     let (writer, flush_on_exit) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("log-writer")
         .finish(std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(writer.clone());
+    let logs = tracing_subscriber::fmt::layer().with_writer(writer.clone());
     let pid = std::process::id();
-    match (format, process) {
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match (format, process) {
         (LogFormat::Text, None) => {
             let _ = TEXT_SINK.set(writer);
-            logs.with_ansi(std::io::stderr().is_terminal()).init();
+            logs.with_ansi(std::io::stderr().is_terminal()).boxed()
         }
         (LogFormat::Text, Some(index)) => {
             let _ = TEXT_SINK.set(writer);
             let _ = TEXT_PREFIX.set(format!("process={index} pid={pid} "));
             logs.with_ansi(std::io::stderr().is_terminal())
                 .with_timer(TimeAndProcess(format!(" process={index} pid={pid}")))
-                .init();
+                .boxed()
         }
-        (LogFormat::Json, None) => logs.json().init(),
+        (LogFormat::Json, None) => logs.json().boxed(),
         (LogFormat::Json, Some(index)) => logs
             .json()
             .event_format(JsonWithProcess {
                 json: tracing_subscriber::fmt::format().json(),
                 fields: format!("\"process\":{index},\"pid\":{pid},"),
             })
-            .init(),
-    }
-    flush_on_exit
+            .boxed(),
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", trace::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let traced = traces.map(trace::layer).transpose();
+    let (traces, guard) = match traced {
+        Ok(Some((layer, guard))) => (Some(layer.boxed()), Ok(Some(guard))),
+        Ok(None) => (None, Ok(None)),
+        Err(err) => (None, Err(err)),
+    };
+    let mut layers = vec![logs.with_filter(filter).boxed()];
+    layers.extend(traces);
+    tracing_subscriber::registry().with(layers).init();
+    (flush_on_exit, guard)
 }
 
 /// A text line's time, followed by the serving process's name.
@@ -188,25 +210,34 @@ pub fn request_span(id: RequestId) -> Span {
 }
 
 pin_project_lite::pin_project! {
-    /// A future of one request, polled inside its span and with its id
+    /// A future of one request, polled inside its spans and with its id
     /// current.
     pub struct InRequest<F> {
         id: RequestId,
         span: Span,
+        // The request's trace span ([`crate::trace::spans::server`]), entered
+        // before the log's: spans made inside are its children.
+        trace: Span,
         #[pin]
         inner: F,
     }
 }
 
 impl<F> InRequest<F> {
-    pub fn new(id: RequestId, span: Span, inner: F) -> Self {
-        Self { id, span, inner }
+    pub fn new(id: RequestId, span: Span, trace: Span, inner: F) -> Self {
+        Self {
+            id,
+            span,
+            trace,
+            inner,
+        }
     }
 
     /// `inner` in the request being served now: for work a request moves
-    /// onto a task of its own.
+    /// onto a task of its own. (Its trace spans are entered by the futures
+    /// that made them.)
     pub fn current(inner: F) -> Self {
-        Self::new(RequestId::current(), Span::current(), inner)
+        Self::new(RequestId::current(), Span::current(), Span::none(), inner)
     }
 }
 
@@ -215,6 +246,7 @@ impl<F: Future> Future for InRequest<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        let _traced = this.trace.enter();
         let _entered = this.span.enter();
         let outer = CURRENT.replace(Some(*this.id));
         let poll = this.inner.poll(cx);

@@ -9,6 +9,7 @@ use clap::Parser;
 use wasi_http_server::cli::Cli;
 use wasi_http_server::ops::supervisor;
 use wasi_http_server::server::{self, Role, Settings};
+use wasi_http_server::{log, trace};
 
 /// Every request builds and drops a store, a WASI context and hyper's request
 /// and response: dozens of small allocations. mimalloc's thread-local free
@@ -34,8 +35,24 @@ fn main() -> ExitCode {
         }
         _ => Ok(None),
     };
-    let flush_on_exit = wasi_http_server::log::init(cli.log_format, cli.serving_process_index);
-    let result = begun.and_then(|begun| run(&cli, begun));
+    // Traces are a serving process's: a supervisor serves nothing. A bad
+    // `OTEL_*` value fails the start like a bad flag.
+    let traces = match &begun {
+        Ok(None) => trace::Settings::from_env(),
+        _ => Ok(None),
+    };
+    let (flush_on_exit, traces) = match traces {
+        Ok(traces) => log::init(cli.log_format, cli.serving_process_index, traces),
+        Err(err) => {
+            let (flush, _) = log::init(cli.log_format, cli.serving_process_index, None);
+            (flush, Err(err))
+        }
+    };
+    let result = traces.and_then(|traces| {
+        let result = begun.and_then(|begun| run(&cli, begun));
+        drop(traces);
+        result
+    });
     drop(flush_on_exit);
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ pub struct Metrics {
     outbound_denied: Counter,
     evicted: Counter,
     stalled_connections: Counter,
+    spans_exported: Counter,
+    spans_dropped: Counter,
     /// An application's requests, by component, route and status class.
     by_route: Family<Vec<(&'static str, String)>, Counter>,
 }
@@ -82,6 +84,8 @@ impl Metrics {
             outbound_denied: Counter::default(),
             evicted: Counter::default(),
             stalled_connections: Counter::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Counter::default(),
             by_route: Family::default(),
             registry: Registry::default(),
         };
@@ -135,6 +139,16 @@ impl Metrics {
                 "stalled_connections_closed",
                 "Connections closed because their client took nothing for --write-timeout",
                 &metrics.stalled_connections,
+            ),
+            (
+                "trace_spans_exported",
+                "Trace spans the OpenTelemetry collector accepted",
+                &metrics.spans_exported,
+            ),
+            (
+                "trace_spans_dropped",
+                "Trace spans lost: the export queue was full, or the collector failed or timed out",
+                &metrics.spans_dropped,
             ),
         ] {
             registry.register(name, help, counter.clone());
@@ -209,6 +223,14 @@ impl Metrics {
 
     pub fn evicted(&self) {
         self.evicted.inc();
+    }
+
+    pub fn spans_exported(&self, spans: usize) {
+        self.spans_exported.inc_by(spans as u64);
+    }
+
+    pub fn spans_dropped(&self, spans: usize) {
+        self.spans_dropped.inc_by(spans as u64);
     }
 
     pub fn stalled_connection(&self) {

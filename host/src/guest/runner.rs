@@ -29,6 +29,8 @@ use super::task::GuestTask;
 use crate::compile::pool::PoolSettings;
 use crate::imports::keyvalue::Ticket;
 use crate::metrics::METRICS;
+use crate::trace::spans;
+use tracing::Instrument;
 
 /// How long a request may take, as the command line sets it.
 #[derive(Clone, Copy, Debug)]
@@ -189,9 +191,13 @@ impl Runner {
             let store = &mut instance.store;
             let run = async {
                 let started = std::time::Instant::now();
-                let instance = K::instantiate(&pre, &mut *store).await?;
+                let instance = K::instantiate(&pre, &mut *store)
+                    .instrument(spans::instantiate())
+                    .await?;
                 METRICS.instantiated(started.elapsed());
-                K::call(instance, prepared, &mut *store).await
+                K::call(instance, prepared, &mut *store)
+                    .instrument(spans::handle())
+                    .await
             };
             let mut result = until_deadline(deadline, timeout, &ticket, run).await;
             if store.data().limiter.hit {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Request, StatusCode};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{Span, info};
 
 use super::watchdog::InFlight;
 use crate::guest::response::ResponseBody;
@@ -33,6 +33,8 @@ pub struct End {
     /// The application's route that took it, if any.
     pub served: Option<Arc<Served>>,
     pub access: Option<Access>,
+    /// The request's trace span: it ends with the response.
+    pub trace: Span,
 }
 
 /// What the access-log line of one request says, beyond status and time.
@@ -129,7 +131,9 @@ impl Drop for ClientBody {
             started,
             served,
             access,
+            trace,
         } = &self.end;
+        crate::trace::spans::respond(trace, *status, served.as_ref().map(|s| s.route.as_str()));
         let elapsed = started.elapsed();
         METRICS.request(status.as_u16(), elapsed);
         if let Some(served) = served {

@@ -32,6 +32,7 @@ use super::watchdog::{Activity, Closed, InFlight};
 use crate::app::Current;
 use crate::log::{self, InRequest, RequestId};
 use crate::metrics::METRICS;
+use crate::trace::spans;
 
 /// hyper's floor for an HTTP/1.1 connection's read buffer, which bounds the
 /// request head: `--max-header-size` below it still gets this much.
@@ -223,9 +224,10 @@ fn service(
         let in_flight = InFlight::start(watched.clone());
         let id = RequestId::next();
         let span = log::request_span(id);
+        let trace = spans::server(&request, peer, https);
         let access = access_log.then(|| Access::start(id, &request));
         let started = Instant::now();
-        InRequest::new(id, span, async move {
+        InRequest::new(id, span, trace.clone(), async move {
             let (response, served) = app.handle(request, peer).await;
             let status = response.status();
             let end = End {
@@ -233,6 +235,7 @@ fn service(
                 started,
                 served,
                 access,
+                trace,
             };
             Ok::<_, Infallible>(response.map(|body| ClientBody::new(body, in_flight, end)))
         })

@@ -9,11 +9,12 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 
 use hyper::http::{HeaderName, Request, Response, header};
-use tracing::warn;
+use tracing::{Instrument, Span, warn};
 
 use super::allowed::{Destination, SELF_HOSTS};
 use super::outbound::Outbound;
 use crate::metrics::METRICS;
+use crate::trace::spans;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
@@ -148,6 +149,8 @@ impl WasiHttpHooks for OutboundPolicy {
         // What wasmtime-wasi-http does by default, which we cannot call
         // once we override this method.
         drop(fut);
+        let mut request = request;
+        let span = spans::outbound(&mut request);
         let host = request
             .uri()
             .host()
@@ -166,22 +169,33 @@ impl WasiHttpHooks for OutboundPolicy {
             let Some(call) = call else {
                 return Box::new(async { Err(Error::DestinationNotFound) });
             };
-            return Box::new(async move {
-                let response = call.await;
-                drop(in_flight);
-                Ok((
-                    response,
-                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-                ))
-            });
+            return Box::new(
+                async move {
+                    let response = call.await;
+                    drop(in_flight);
+                    spans::respond(&Span::current(), response.status(), None);
+                    Ok((
+                        response,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    ))
+                }
+                .instrument(span),
+            );
         }
         let client = self.client.clone();
-        Box::new(async move {
-            let response = client.send(request, options, in_flight).await?;
-            Ok((
-                response,
-                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        Box::new(
+            async move {
+                let response = client.send(request, options, in_flight).await;
+                match &response {
+                    Ok(response) => spans::respond(&Span::current(), response.status(), None),
+                    Err(err) => spans::failed(&Span::current(), &format!("{err:?}")),
+                }
+                Ok((
+                    response?,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            }
+            .instrument(span),
+        )
     }
 }

@@ -96,7 +96,7 @@ impl Outbound {
             http.set_nodelay(true);
             http.set_connect_timeout(Some(self.timeouts.connect));
             let https = HttpsConnectorBuilder::new()
-                .with_tls_config(self.tls())
+                .with_tls_config(client_tls(&self.extra_roots))
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
@@ -107,35 +107,6 @@ impl Outbound {
                 .pool_timer(TokioTimer::new())
                 .build(https)
         })
-    }
-
-    /// TLS 1.2 and 1.3, verifying servers against the system's CA
-    /// certificates (those of the `ca-certificates` package on Debian) and
-    /// `--outbound-ca`; with neither, against Mozilla's list that
-    /// wasmtime-wasi-http's default client uses, so that a minimal image
-    /// still reaches public HTTPS.
-    fn tls(&self) -> ClientConfig {
-        let mut roots = RootCertStore::empty();
-        let system = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(system.certs);
-        let (extra, _) = roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-        if added == 0 && extra == 0 {
-            warn!(
-                "no system CA certificates found (install ca-certificates): outbound HTTPS trusts Mozilla's list built into the server"
-            );
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        } else {
-            info!(
-                system = added,
-                outbound_ca = extra,
-                "outbound HTTPS trusts these CA certificates"
-            );
-        }
-        ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth()
     }
 
     /// Sends `request` on a pooled connection, within the operator's
@@ -184,6 +155,35 @@ impl Outbound {
             .boxed_unsync()
         }))
     }
+}
+
+/// TLS 1.2 and 1.3, verifying servers against the system's CA certificates
+/// (those of the `ca-certificates` package on Debian) and `extra_roots`;
+/// with neither, against Mozilla's list that wasmtime-wasi-http's default
+/// client uses, so that a minimal image still reaches public HTTPS. Guests'
+/// outbound requests and the trace exporter both connect with it.
+pub fn client_tls(extra_roots: &[CertificateDer<'static>]) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    let (extra, _) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    if added == 0 && extra == 0 {
+        warn!(
+            "no system CA certificates found (install ca-certificates): HTTPS trusts Mozilla's list built into the server"
+        );
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        info!(
+            system = added,
+            extra = extra,
+            "HTTPS trusts these CA certificates"
+        );
+    }
+    ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// An upstream response body: at most `between_bytes` between frames, and

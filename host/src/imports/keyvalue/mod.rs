@@ -122,8 +122,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::{error, info};
+use tracing::{Instrument, error, info};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
+
+use crate::trace::spans;
 
 pub use ticket::Ticket;
 
@@ -296,6 +298,25 @@ impl Stores {
 }
 
 impl Store {
+    /// Runs `call`, the store's `operation`, in a trace span of its own,
+    /// and turns its result into what the guest sees.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, KvError> {
+        let system = match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Redis(_) => "redis",
+        };
+        let span = spans::keyvalue(operation, &self.name, system);
+        let result = call.instrument(span.clone()).await;
+        if let Err(Failure::Refused(reason) | Failure::Down(reason)) = &result {
+            spans::failed(&span, reason);
+        }
+        self.record(result)
+    }
+
     /// Logs the start and the end of an outage, once each, and turns the
     /// result into what the guest sees.
     fn record<T>(&self, result: Result<T, Failure>) -> Result<T, KvError> {
@@ -466,26 +487,34 @@ impl Calls<'_> {
     async fn get(&self, store: usize, key: String) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(&key)?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.get(self.ticket, key, self.limits()).await)
+        store
+            .run("get", store.backend.get(self.ticket, key, self.limits()))
+            .await
     }
 
     async fn set(&self, store: usize, key: String, value: Vec<u8>) -> Result<(), KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.set(self.ticket, key, value).await)
+        store
+            .run("set", store.backend.set(self.ticket, key, value))
+            .await
     }
 
     async fn delete(&self, store: usize, key: String) -> Result<(), KvError> {
         self.check_key(&key)?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.delete_many(self.ticket, vec![key]).await)
+        store
+            .run("delete", store.backend.delete_many(self.ticket, vec![key]))
+            .await
     }
 
     async fn exists(&self, store: usize, key: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.exists(self.ticket, key).await)
+        store
+            .run("exists", store.backend.exists(self.ticket, key))
+            .await
     }
 
     /// A page of keys, at most `--keyvalue-max-batch`, and the cursor of the
@@ -497,7 +526,7 @@ impl Calls<'_> {
     ) -> Result<(Vec<String>, Option<u64>), KvError> {
         let store = &self.stores.stores[store];
         let listed = store.backend.list_keys(self.ticket, cursor, self.limits());
-        store.record(listed.await)
+        store.run("list-keys", listed).await
     }
 
     /// Every key at once, for the interfaces that list them in one answer
@@ -528,7 +557,12 @@ impl Calls<'_> {
     async fn increment(&self, store: usize, key: String, delta: i64) -> Result<i64, KvError> {
         self.check_key(&key)?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.increment(self.ticket, key, delta).await)
+        store
+            .run(
+                "increment",
+                store.backend.increment(self.ticket, key, delta),
+            )
+            .await
     }
 
     /// Sets `key` to `value` if it still holds `expected`; false if not.
@@ -545,7 +579,7 @@ impl Calls<'_> {
         let swap = store
             .backend
             .compare_and_swap(self.ticket, key, expected, value);
-        store.record(swap.await)
+        store.run("compare-and-swap", swap).await
     }
 
     /// Each key's value, `None` where absent, in the order asked.
@@ -560,7 +594,7 @@ impl Calls<'_> {
         let values = store
             .backend
             .get_many(self.ticket, keys.clone(), self.limits());
-        let values = store.record(values.await)?;
+        let values = store.run("get-many", values).await?;
         Ok(keys.into_iter().zip(values).collect())
     }
 
@@ -571,14 +605,18 @@ impl Calls<'_> {
             self.check_value(value)?;
         }
         let store = &self.stores.stores[store];
-        store.record(store.backend.set_many(self.ticket, pairs).await)
+        store
+            .run("set-many", store.backend.set_many(self.ticket, pairs))
+            .await
     }
 
     async fn delete_many(&self, store: usize, keys: Vec<String>) -> Result<(), KvError> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let store = &self.stores.stores[store];
-        store.record(store.backend.delete_many(self.ticket, keys).await)
+        store
+            .run("delete-many", store.backend.delete_many(self.ticket, keys))
+            .await
     }
 }
 
