@@ -5,7 +5,9 @@ Starts, on 127.0.0.1: our server with hello.wasm (WASI 0.2), hello-p3.wasm
 (WASI 0.3), and the hello guests built by componentize-js and componentize-py;
 a plain hyper hello server (no wasm: the ceiling), the seed's Node.js server,
 and `wasmtime serve` with pooling on and its compile cache, with each of the
-four components (when target/bench-tools has it). Runs the same wrk load
+four components (when target/bench-tools has it); and our hello traced
+(OpenTelemetry, to a collector sink in this script), a tenth of requests
+sampled and all of them. Runs the same wrk load
 against each, in interleaved rounds so that drift on the machine hits all
 alike, and reads each server's CPU time around each run (CPU per request).
 Then measures cold start (process start to first 200, compile caches warm),
@@ -19,6 +21,8 @@ Every load run is bounded in time by wrk's own duration.
 
 import argparse
 import datetime
+import http.server
+import threading
 import os
 import platform
 import re
@@ -68,6 +72,28 @@ def tls_pair():
         check=True, capture_output=True,
     )
     return cert, key
+
+
+class CollectorSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing:
+    the traced rows' server exports to it as to a real one."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def collector_sink():
+    """Starts a `CollectorSink` on 127.0.0.1 and returns its URL."""
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CollectorSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{sink.server_address[1]}"
 
 
 def free_port():
@@ -261,6 +287,25 @@ def main():
         ours_processes=ours_n,
         scheme="https",
     )
+    # The hello traced: every request a server span and its children,
+    # exported over OTLP/HTTP; a tenth of them sampled, as production
+    # tracing usually is, and all of them.
+    collector = collector_sink()
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector, "OTEL_TRACES_SAMPLER": "traceidratio"}
+    ours_traced = Server(
+        "ours, the hello traced (10% sampled)",
+        [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"],
+        env={**traced, "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+        ours=ours,
+        ours_processes=ours_n,
+    )
+    ours_traced_all = Server(
+        "ours, the hello traced (all sampled)",
+        [ours_bin, HELLO, "--addr", "127.0.0.1:{port}"],
+        env={**traced, "OTEL_TRACES_SAMPLER_ARG": "1"},
+        ours=ours,
+        ours_processes=ours_n,
+    )
     node = Server("Node.js seed", ["node", os.path.join(ROOT, "bench/hello.js")], env={"PORT": "{port}"}, ours=ours, ours_processes=ours_n)
     servers = [
         ours,
@@ -274,6 +319,8 @@ def main():
         ours_app,
         ours_100,
         ours_tls,
+        ours_traced,
+        ours_traced_all,
         Server("plain hyper, no wasm", [os.path.join(ROOT, "target/release/hyper-hello"), "127.0.0.1:{port}"], ours=ours, ours_processes=ours_n),
         node,
     ]
@@ -363,6 +410,13 @@ def main():
         f"ours serving the JS hello ÷ the Node.js seed (the same program): "
         f"{median(ours_js.name, 0) / median(node.name, 0):.2f} in req/s, "
         f"{median(ours_js_n.name, 0) / median(node.name, 0):.2f} with --processes 1."
+    )
+    cpu = lambda server: median(server.name, 4)
+    notes.append(
+        f"tracing: CPU per request {cpu(ours):.1f} us off, {cpu(ours_traced):.1f} us with a tenth sampled "
+        f"({cpu(ours_traced) / cpu(ours):.2f}x), {cpu(ours_traced_all):.1f} us with all sampled "
+        f"({cpu(ours_traced_all) / cpu(ours):.2f}x); TLS {cpu(ours_tls):.1f} us "
+        f"({median(ours_tls.name, 0) / median(ours.name, 0):.2f}x plain in req/s)."
     )
     # Issue 21's goals, by default settings, each against its aim.
     theirs = {s.ours.name: s for s in servers if s.name.startswith("wasmtime serve") and s.ours}

@@ -395,3 +395,26 @@ async fn key_value_calls_are_spans() {
     assert_eq!(set.attributes["db.namespace"], "default");
     assert_eq!(set.attributes["db.operation.name"], "set");
 }
+
+/// Guests of every kind and toolchain are traced alike: WASI 0.3, and the
+/// JS and Python guests built by componentize-js and componentize-py.
+#[tokio::test]
+async fn guests_of_every_toolchain_are_traced() {
+    for guest in ["hello-p3", "js-guest", "python-guest"] {
+        let (collector, spans) = collector(true).await;
+        let server = start(guest, &[], &otel_env(collector, guest));
+        let mut conn = Conn::http1(server.addr).await;
+        let reply = traced_get(&mut conn, "/").await;
+        assert_eq!(reply.status, StatusCode::OK, "{guest}: {}", reply.text());
+        let spans = at_least(&spans, 3).await;
+        let request = the(&spans, guest, "GET", SpanKind::Server);
+        assert_eq!(
+            (request.trace.as_str(), request.parent.as_str()),
+            (TRACE, PARENT)
+        );
+        for child in ["instantiate", "handle"] {
+            let child = the(&spans, guest, child, SpanKind::Internal);
+            assert_eq!(child.parent, request.id, "{guest}");
+        }
+    }
+}
