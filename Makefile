@@ -123,8 +123,18 @@ haproxy:
 tls-tools:
 	command -v openssl >/dev/null && command -v curl >/dev/null || (apt-get update && apt-get install -y openssl curl)
 
+# The shared end-to-end tests run twice: as they are, and with every server
+# they start serving HTTPS (E2E_TLS: a test CA's certificate, clients that
+# speak TLS to it), so each limit and behaviour holds over TLS too. Left out
+# of the second run: tests whose clients work below TLS (raw TCP windows,
+# thousands of plain sockets: stalled_clients, connections), and those about
+# plain HTTP upstreams or routing (apps, outbound, spin_sdk, tls itself).
+TLS_SHARED_TESTS := serving client_limits guest_limits isolation after_the_answer shutdown \
+  state store_faults admin reload environment logs
+
 test: lint build real-guests redis tls-tools haproxy
 	$(CARGO) test --profile $(PROFILE)
+	E2E_TLS=1 $(CARGO) test --profile $(PROFILE) -p e2e $(addprefix --test ,$(TLS_SHARED_TESTS))
 
 lint: targets
 	$(CARGO) fmt --all --check

@@ -93,7 +93,7 @@ async fn memory_hog_is_refused() {
 async fn outbound_is_denied_unless_allowed() {
     for testbed in TESTBEDS {
         println!("with {testbed}");
-        let upstream = Server::start("hello", &[]);
+        let upstream = Server::start_upstream("hello", &[]);
         let path = format!("/outbound?authority={}", upstream.addr);
 
         let denied = Server::start(testbed, &[]);

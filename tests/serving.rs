@@ -7,7 +7,6 @@ use std::time::Duration;
 use e2e::{Conn, HELLOS, STEP_TIMEOUT, Server, TESTBEDS, assert_hello, get};
 use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `GET /` gets exactly the seed's response.
 #[tokio::test]
@@ -94,7 +93,7 @@ async fn bodies_stream_both_ways() {
     for testbed in TESTBEDS {
         println!("with {testbed}");
         let server = Server::start(testbed, &[]);
-        let mut socket = TcpStream::connect(server.addr).await.unwrap();
+        let mut socket = e2e::Stream::connect(server.addr).await;
         socket
             .write_all(b"POST /echo HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
             .await
@@ -111,7 +110,7 @@ async fn bodies_stream_both_ways() {
 
 /// Reads from `socket` until `needle` has been seen; fails after
 /// [`STEP_TIMEOUT`] or at end of stream.
-async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+async fn read_until(socket: &mut e2e::Stream, needle: &str) -> String {
     let mut seen = Vec::new();
     let mut buf = [0; 4096];
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
@@ -151,9 +150,14 @@ async fn the_guest_sees_the_request_minus_hop_by_hop_headers() {
             .unwrap();
         let answer = client.read_to_close().await;
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        let scheme = if e2e::over_tls() {
+            "scheme Some(Scheme::Https)\n"
+        } else {
+            "scheme Some(Scheme::Http)\n"
+        };
         for expected in [
             "method Method::Patch\n",
-            "scheme Some(Scheme::Http)\n",
+            scheme,
             "authority example.test:8080\n",
             "path /request?x=1&y=2\n",
             "header x-kept: yes\n",

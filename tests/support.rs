@@ -97,6 +97,9 @@ pub struct Launch {
     /// Listen here instead of on a free port (a load balancer's fixed
     /// backend address).
     pub addr: Option<SocketAddr>,
+    /// Plain HTTP even in an `E2E_TLS` run: for a server that stands in for
+    /// an upstream the guest calls over `http://`.
+    pub plain: bool,
 }
 
 impl Server {
@@ -128,6 +131,12 @@ impl Server {
         launch: &Launch,
     ) -> Server {
         let mut command = Command::new(server_binary());
+        // `E2E_TLS`: the server serves HTTPS, unless the test chose its own
+        // certificate or is about plain HTTP's own behaviour.
+        let tls = (over_tls() && !launch.plain && !args.contains(&"--tls-cert")).then(test_tls);
+        if let Some(tls) = tls {
+            command.args(["--tls-cert", tls.cert, "--tls-key", tls.key]);
+        }
         command
             .env("XDG_CACHE_HOME", test_cache_home())
             .envs(env.iter().copied())
@@ -196,12 +205,15 @@ impl Server {
                     )
                 })
         };
-        let https = args.contains(&"--tls-cert");
+        let https = args.contains(&"--tls-cert") || tls.is_some();
         let addr = read_addr(if https {
             "Server running at https://"
         } else {
             "Server running at http://"
         });
+        if tls.is_some() {
+            TLS_ADDRS.lock().unwrap().insert(addr);
+        }
         let admin = args
             .contains(&"--admin-addr")
             .then(|| read_addr("Admin endpoint at http://"));
@@ -388,14 +400,14 @@ pub enum Conn {
 
 impl Conn {
     pub async fn http1(addr: SocketAddr) -> Conn {
-        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connecting"));
+        let io = TokioIo::new(connect(addr, b"http/1.1").await);
         let (sender, connection) = http1::handshake(io).await.expect("HTTP/1 handshake");
         tokio::spawn(connection);
         Conn::Http1(sender)
     }
 
     pub async fn http2(addr: SocketAddr) -> Conn {
-        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connecting"));
+        let io = TokioIo::new(connect(addr, b"h2").await);
         let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
             .await
             .expect("HTTP/2 handshake");
@@ -479,12 +491,13 @@ pub fn assert_hello(reply: &Reply) {
     assert_eq!(reply.text(), "Hello World\n");
 }
 
-/// A raw TCP client, for requests a well-behaved HTTP client would not send.
-pub struct RawClient(tokio::net::TcpStream);
+/// A raw client (TCP, or TLS to a server started with `E2E_TLS`), for
+/// requests a well-behaved HTTP client would not send.
+pub struct RawClient(Stream);
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
-        RawClient(TcpStream::connect(addr).await.expect("connecting"))
+        RawClient(connect(addr, b"http/1.1").await)
     }
 
     /// Sends `bytes`; an error means the server already closed the connection.
@@ -742,6 +755,150 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Whether this run serves every server over TLS (`E2E_TLS` set): `make
+/// test` runs the shared end-to-end tests both ways, so each limit and
+/// behaviour they check holds over HTTPS too.
+pub fn over_tls() -> bool {
+    std::env::var_os("E2E_TLS").is_some()
+}
+
+/// Addresses of servers started over TLS by [`over_tls`]: [`Conn`] and
+/// [`RawClient`] speak TLS to these.
+static TLS_ADDRS: std::sync::LazyLock<Mutex<std::collections::HashSet<SocketAddr>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// The certificate every server of an `E2E_TLS` run serves (for 127.0.0.1,
+/// from a test CA of its own), made once per test binary.
+#[derive(Clone, Copy)]
+pub struct TestTls {
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub ca: &'static str,
+}
+
+fn test_tls() -> TestTls {
+    static TLS: std::sync::OnceLock<TestTls> = std::sync::OnceLock::new();
+    *TLS.get_or_init(|| {
+        let ca = TestCa::new("e2e-tls");
+        ca.issue_server("server");
+        let path = |name: &str| -> &'static str { Box::leak(ca.file(name).into_boxed_str()) };
+        let tls = TestTls {
+            cert: path("server.pem"),
+            key: path("server-key.pem"),
+            ca: path("ca.pem"),
+        };
+        // Kept for the whole run: servers read the files at start.
+        std::mem::forget(ca);
+        tls
+    })
+}
+
+/// A client connection's byte stream: TCP, or TLS over it.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// A connection to `addr` for HTTP/1.1 bytes the test writes itself:
+    /// TLS if the server there was started by [`over_tls`].
+    pub async fn connect(addr: SocketAddr) -> Stream {
+        connect(addr, b"http/1.1").await
+    }
+}
+
+/// Connects to `addr`: over TLS, offering ALPN `protocol`, if the server
+/// there was started by [`over_tls`].
+async fn connect(addr: SocketAddr, protocol: &[u8]) -> Stream {
+    let tcp = TcpStream::connect(addr).await.expect("connecting");
+    if !TLS_ADDRS.lock().unwrap().contains(&addr) {
+        return Stream::Tcp(tcp);
+    }
+    let pem = std::fs::read(test_tls().ca).unwrap();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_pem(&pem) {
+        roots.add(cert).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![protocol.to_vec()];
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    Stream::Tls(Box::new(tls))
+}
+
+fn rustls_pem(pem: &[u8]) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => std::pin::Pin::new(tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => std::pin::Pin::new(tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => std::pin::Pin::new(tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => std::pin::Pin::new(tls).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Server {
+    /// [`Server::start`], but plain HTTP in an `E2E_TLS` run too: an
+    /// upstream that guests call over `http://`.
+    pub fn start_upstream(component_name: &str, args: &[&str]) -> Server {
+        let launch = Launch {
+            plain: true,
+            ..Launch::default()
+        };
+        Self::start_launched(component_name, args, &launch)
+    }
 }
 
 /// A port no one listens on now, on 127.0.0.1.
