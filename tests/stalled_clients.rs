@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::{RawClient, Server, TESTBEDS, ZeroWindowClient, get};
+use e2e::{RawClient, Server, TESTBEDS, ZeroWindowClient, get, metric};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -39,16 +39,6 @@ async fn normal_clients_are_served(addr: SocketAddr, during: Duration) {
         "{} of {asked} normal requests failed: {failures:?}",
         failures.len()
     );
-}
-
-/// The admin endpoint's value of `metric`.
-async fn metric(server: &Server, metric: &str) -> f64 {
-    let text = get(server.admin.expect("--admin-addr"), "/metrics").await;
-    text.text()
-        .lines()
-        .find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {metric} in:\n{}", text.text()))
 }
 
 /// Waits until no instance is alive; fails after a few seconds.

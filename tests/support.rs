@@ -471,6 +471,16 @@ impl Conn {
     }
 }
 
+/// The admin endpoint's value of `metric`.
+pub async fn metric(server: &Server, metric: &str) -> f64 {
+    let text = get(server.admin.expect("--admin-addr"), "/metrics").await;
+    text.text()
+        .lines()
+        .find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} in:\n{}", text.text()))
+}
+
 /// `GET path` on a new HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     Conn::http1(addr).await.send("GET", path, "").await

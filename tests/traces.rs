@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::{Conn, Server, get, run_to_exit_with_env};
+use e2e::{Conn, Server, metric, run_to_exit_with_env};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -247,16 +247,6 @@ async fn propagation_can_be_turned_off() {
     let served = the(&spans, "b", "GET", SpanKind::Server);
     assert_ne!(served.trace, request.trace);
     assert_eq!(served.parent, "");
-}
-
-/// The admin endpoint's value of `metric`.
-async fn metric(server: &Server, metric: &str) -> f64 {
-    let text = get(server.admin.expect("--admin-addr"), "/metrics").await;
-    text.text()
-        .lines()
-        .find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {metric} in:\n{}", text.text()))
 }
 
 /// A collector that takes exports and never answers, and one that is not
