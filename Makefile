@@ -126,11 +126,10 @@ tls-tools:
 # The shared end-to-end tests run twice: as they are, and with every server
 # they start serving HTTPS (E2E_TLS: a test CA's certificate, clients that
 # speak TLS to it), so each limit and behaviour holds over TLS too. Left out
-# of the second run: tests whose clients work below TLS (raw TCP windows,
-# thousands of plain sockets: stalled_clients, connections), and those about
-# plain HTTP upstreams or routing (apps, outbound, spin_sdk, tls itself).
+# of the second run: the tests about plain HTTP upstreams, routing or TLS
+# itself (apps, outbound, spin_sdk, tls, traces).
 TLS_SHARED_TESTS := serving client_limits guest_limits isolation after_the_answer shutdown \
-  state store_faults admin reload environment logs
+  state store_faults admin reload environment logs stalled_clients connections
 
 test: lint build real-guests redis tls-tools haproxy
 	$(CARGO) test --profile $(PROFILE)

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{Launch, Server};
+use e2e::{Launch, Server, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 const CLIENTS: usize = 9_000;
@@ -32,7 +31,7 @@ fn raise_own_fd_limit() -> u64 {
 }
 
 /// Sends `GET /` on `stream` and reads the response to its end.
-async fn hello(stream: &mut TcpStream) -> std::io::Result<()> {
+async fn hello(stream: &mut Stream) -> std::io::Result<()> {
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         .await?;
@@ -50,8 +49,8 @@ async fn hello(stream: &mut TcpStream) -> std::io::Result<()> {
 }
 
 /// Opens a connection and has one request answered on it.
-async fn connect_and_hello(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
+async fn connect_and_hello(addr: SocketAddr) -> std::io::Result<Stream> {
+    let mut stream = Stream::try_connect(addr).await?;
     hello(&mut stream).await?;
     Ok(stream)
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use e2e::{RawClient, Server, TESTBEDS, ZeroWindowClient, get, metric};
 use hyper::StatusCode;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// The request timeout the attacked servers run with: short, so the tests
 /// see what happens after it too.
@@ -104,7 +103,7 @@ async fn http1_clients_that_never_read_cannot_lock_others_out() {
         let server = attacked_server(testbed);
         let mut attackers = Vec::new();
         for _ in 0..150 {
-            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            let mut stream = e2e::Stream::connect(server.addr).await;
             stream
                 .write_all(b"GET /big?kb=4096 HTTP/1.1\r\nhost: test\r\n\r\n")
                 .await

@@ -696,7 +696,7 @@ impl ZeroWindowClient {
     /// Connects and asks for `path` on `streams` streams, opened in the
     /// background as fast as the server's stream limit admits them.
     pub async fn open(addr: SocketAddr, path: &str, streams: usize) -> ZeroWindowClient {
-        let tcp = TcpStream::connect(addr).await.expect("connecting");
+        let tcp = connect(addr, b"h2").await;
         let (client, connection) = h2::client::Builder::new()
             .initial_window_size(0)
             .handshake::<_, Bytes>(tcp)
@@ -817,33 +817,58 @@ impl Stream {
     pub async fn connect(addr: SocketAddr) -> Stream {
         connect(addr, b"http/1.1").await
     }
+
+    /// [`Stream::connect`], where failing to connect is an answer.
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<Stream> {
+        try_connect(addr, b"http/1.1").await
+    }
 }
 
 /// Connects to `addr`: over TLS, offering ALPN `protocol`, if the server
 /// there was started by [`over_tls`].
 async fn connect(addr: SocketAddr, protocol: &[u8]) -> Stream {
-    let tcp = TcpStream::connect(addr).await.expect("connecting");
+    try_connect(addr, protocol)
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {addr}: {err}"))
+}
+
+async fn try_connect(addr: SocketAddr, protocol: &[u8]) -> std::io::Result<Stream> {
+    let tcp = TcpStream::connect(addr).await?;
     if !TLS_ADDRS.lock().unwrap().contains(&addr) {
-        return Stream::Tcp(tcp);
+        return Ok(Stream::Tcp(tcp));
+    }
+    let config = client_tls(protocol);
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// A TLS client trusting the test CA and offering ALPN `protocol`
+/// (`h2` or `http/1.1`), built once each.
+fn client_tls(protocol: &[u8]) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    type Configs = Mutex<Vec<(Vec<u8>, Arc<tokio_rustls::rustls::ClientConfig>)>>;
+    static CONFIGS: std::sync::LazyLock<Configs> = std::sync::LazyLock::new(Mutex::default);
+    let mut configs = CONFIGS.lock().unwrap();
+    if let Some((_, config)) = configs.iter().find(|(alpn, _)| alpn == protocol) {
+        return config.clone();
     }
     let pem = std::fs::read(test_tls().ca).unwrap();
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     for cert in rustls_pem(&pem) {
         roots.add(cert).unwrap();
     }
-    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![protocol.to_vec()];
-    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    Stream::Tls(Box::new(tls))
+    let config = Arc::new(config);
+    configs.push((protocol.to_vec(), config.clone()));
+    config
 }
 
 fn rustls_pem(pem: &[u8]) -> Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
