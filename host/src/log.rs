@@ -14,8 +14,6 @@ use std::sync::{LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
 use tracing::{Event, Span, Subscriber};
-
-use crate::trace;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -24,6 +22,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::trace;
 
 /// Log lines waiting for stderr. When stderr falls this far behind, new
 /// lines are dropped instead of making the server wait: at most
@@ -49,9 +49,9 @@ static TEXT_SINK: OnceLock<NonBlocking> = OnceLock::new();
 static TEXT_PREFIX: OnceLock<String> = OnceLock::new();
 
 /// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default
-/// `info`), and, with `traces`, the OpenTelemetry layer beside it (the log
-/// never shows the trace spans, nor the traces the log's events below
-/// warnings). Lines are written by a thread of their own: a stderr nobody
+/// `info`), and, with `traces`, the OpenTelemetry layer beside it: the log
+/// never shows the trace spans, and traces take only the log's warnings and
+/// errors (as span events). Lines are written by a thread of their own: a stderr nobody
 /// reads fills its pipe, and a worker that wrote to it directly would stop
 /// serving. The guards flush what is queued when dropped.
 ///
